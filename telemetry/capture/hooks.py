@@ -1,0 +1,73 @@
+"""Start captures and attach them to responses; shared by the SDK middleware and the transports."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import Any
+
+from opentelemetry import context as otel_context
+
+from ..context import current_attribution
+from .state import AttemptCapture, AttemptStart
+from .streams import attach
+
+log = logging.getLogger("telemetry")
+
+CAPTURED_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
+
+
+def is_messages_path(path: str) -> bool:
+    return path.rstrip("/").endswith(CAPTURED_PATHS)
+
+
+class Capturer:
+    """Begins attempts and hands finished ones to `submit` (the pipeline). Never raises into the caller."""
+
+    def __init__(self, submit: Callable[[AttemptCapture], None], on_error: Callable[[str, BaseException], None]):
+        self._submit = submit
+        self._on_error = on_error
+
+    def begin(
+        self,
+        *,
+        url: str,
+        operation_id: str | None,
+        attempt: int,
+        body: Mapping[str, Any] | None = None,
+        raw_body: bytes | None = None,
+    ) -> AttemptCapture | None:
+        try:
+            start = AttemptStart(
+                operation_id=operation_id or uuid.uuid4().hex,
+                attempt=attempt,
+                url=url,
+                wall_ns=time.time_ns(),
+                t0=time.perf_counter_ns(),
+                attribution=current_attribution(),
+                otel_context=otel_context.get_current(),
+                body=body,
+                raw_body=raw_body,
+            )
+            return AttemptCapture(start, self._submit)
+        except Exception as exc:
+            self._on_error("capture_begin", exc)
+            return None
+
+    def observe(self, capture: AttemptCapture | None, response: Any, mod: ModuleType, url: str,
+                *, is_async: bool) -> None:
+        if capture is None:
+            return
+        try:
+            attach(response, mod, capture, url, is_async=is_async)
+        except Exception as exc:
+            self._on_error("capture_attach", exc)
+            capture.end(exception=exc)
+
+    @staticmethod
+    def fail(capture: AttemptCapture | None, exc: BaseException) -> None:
+        if capture is not None:
+            capture.end(exception=exc)

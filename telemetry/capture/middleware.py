@@ -1,0 +1,60 @@
+"""The SDK seam: `anthropic.Middleware` runs once per HTTP attempt inside the SDK's retry loop, with the
+SDK's own span current, so attempts are numbered, grouped by the call's idempotency key, and parented."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import httpx2
+
+from .hooks import Capturer, is_messages_path
+
+
+class TelemetryMiddleware(anthropic.Middleware):
+    def __init__(self, capturer: Capturer, owner: object) -> None:
+        self._capturer = capturer
+        self.owner = owner  # lets `instrument` tell its own middleware from another Telemetry's
+
+    def _begin(self, request: Any) -> Any:
+        try:
+            if request.method.upper() != "POST" or not is_messages_path(request.url):
+                return None
+            return self._capturer.begin(
+                url=request.url,
+                operation_id=request.options.idempotency_key,
+                attempt=request.retries_taken,
+                body=request.json if isinstance(request.json, dict) else None,
+            )
+        except Exception:
+            return None
+
+    def handle(self, request: Any, call_next: Any) -> Any:
+        capture = self._begin(request)
+        try:
+            response = call_next(request)
+        except BaseException as exc:
+            self._capturer.fail(capture, exc)
+            raise
+        self._observe(capture, response, is_async=False)
+        return response
+
+    async def handle_async(self, request: Any, call_next: Any) -> Any:
+        capture = self._begin(request)
+        try:
+            response = await call_next(request)
+        except BaseException as exc:
+            self._capturer.fail(capture, exc)
+            raise
+        self._observe(capture, response, is_async=True)
+        return response
+
+    def _observe(self, capture: Any, response: Any, *, is_async: bool) -> None:
+        if capture is None:
+            return
+        http_response = getattr(response, "http_response", None)
+        if http_response is None:  # another middleware short-circuited with a value
+            capture.end(closed_early=True)
+            return
+        self._capturer.observe(capture, http_response, httpx2, str(http_response.request.url),
+                               is_async=is_async)

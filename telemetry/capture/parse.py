@@ -1,0 +1,241 @@
+"""Finished capture → UsageRecord. Runs on the pipeline thread; tolerant of any server response."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import zlib
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..record import UsageRecord
+from .state import AttemptCapture
+
+STATUS_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "api_error",
+    504: "timeout",
+    529: "overloaded_error",
+}
+FOUNDRY_HOST_SUFFIXES = (".services.ai.azure.com", ".openai.azure.com", ".cognitiveservices.azure.com")
+
+
+def error_type_for_exception(exc: BaseException) -> str:
+    """Name an exception that ended an attempt without (or in the middle of) a response."""
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        return "cancelled"
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"APITimeoutError", "TimeoutException", "ReadTimeout", "ConnectTimeout", "PoolTimeout",
+                "WriteTimeout", "TimeoutError"}:
+        return "timeout"
+    if names & {"APIConnectionError", "TransportError", "NetworkError", "ConnectError", "ReadError",
+                "RemoteProtocolError", "WriteError", "ConnectionError", "OSError"}:
+        return "connection_error"
+    return type(exc).__name__
+
+
+def resource_from_host(host: str | None) -> str | None:
+    if not host:
+        return None
+    for suffix in FOUNDRY_HOST_SUFFIXES:
+        if host.endswith(suffix):
+            return host[: -len(suffix)]
+    return host
+
+
+def _decode(body: bytes, encoding: str | None) -> bytes:
+    encoding = (encoding or "").lower().strip()
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body)
+    if encoding == "deflate":
+        try:
+            return zlib.decompress(body)
+        except zlib.error:
+            return zlib.decompress(body, -zlib.MAX_WBITS)
+    return body
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def apply_usage(record: UsageRecord, usage: Any) -> None:
+    """Fold a `usage` object in; fields present override (message_delta usage is cumulative)."""
+    if not isinstance(usage, Mapping):
+        return
+    for key in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
+        if key in usage and usage[key] is not None:
+            setattr(record, key, _int(usage[key]))
+    creation = usage.get("cache_creation")
+    if isinstance(creation, Mapping):
+        record.cache_creation_5m_input_tokens = _int(creation.get("ephemeral_5m_input_tokens"))
+        record.cache_creation_1h_input_tokens = _int(creation.get("ephemeral_1h_input_tokens"))
+    server_tools = usage.get("server_tool_use")
+    if isinstance(server_tools, Mapping):
+        record.web_search_requests = _int(server_tools.get("web_search_requests"))
+
+
+def _apply_message(record: UsageRecord, message: Any, texts: list[str]) -> None:
+    if not isinstance(message, Mapping):
+        return
+    if isinstance(message.get("id"), str):
+        record.response_id = message["id"]
+    if isinstance(message.get("model"), str):
+        record.model = message["model"]
+    if isinstance(message.get("stop_reason"), str):
+        record.finish_reason = message["stop_reason"]
+    apply_usage(record, message.get("usage"))
+    for block in message.get("content") or ():
+        if isinstance(block, Mapping) and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+
+
+def _apply_error(record: UsageRecord, payload: Any) -> None:
+    error = payload.get("error") if isinstance(payload, Mapping) else None
+    if isinstance(error, Mapping):
+        if isinstance(error.get("type"), str):
+            record.error_type = error["type"]
+        if isinstance(error.get("message"), str):
+            record.error_message = error["message"][:500]
+
+
+def iter_sse(body: bytes, times: list[tuple[int, int]]) -> Any:
+    """Yield (event, data, t) for each complete SSE event; `times` maps byte offsets to arrival times."""
+    text_offset = 0
+    for block in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        end = text_offset + len(block)
+        text_offset = end + 2
+        event = None
+        data_lines = []
+        for line in block.split(b"\n"):
+            if line.startswith(b"event:"):
+                event = line[6:].strip().decode("utf-8", "replace")
+            elif line.startswith(b"data:"):
+                data_lines.append(line[5:].strip())
+        if event is None and not data_lines:
+            continue
+        t = next((ts for off, ts in times if off >= end), times[-1][1] if times else 0)
+        yield event, b"\n".join(data_lines), t
+
+
+def _parse_stream(record: UsageRecord, capture: AttemptCapture, body: bytes, texts: list[str]) -> bool:
+    offsets: list[tuple[int, int]] = []
+    total = 0
+    for t, chunk in capture.chunks:
+        total += len(chunk)
+        offsets.append((total, t))
+    completed = False
+    delta_times: list[int] = []
+    for event, data, t in iter_sse(body, offsets):
+        try:
+            payload = json.loads(data) if data else {}
+        except ValueError:
+            continue
+        if event == "message_start":
+            _apply_message(record, payload.get("message"), texts)
+        elif event == "message_delta":
+            delta = payload.get("delta") or {}
+            if isinstance(delta.get("stop_reason"), str):
+                record.finish_reason = delta["stop_reason"]
+            apply_usage(record, payload.get("usage"))
+        elif event == "content_block_delta":
+            delta_times.append(t)
+            delta = payload.get("delta") or {}
+            if isinstance(delta.get("text"), str):
+                texts.append(delta["text"])
+        elif event == "error":
+            _apply_error(record, payload)
+        elif event == "message_stop":
+            completed = True
+    record.chunk_gaps_ms = [(b - a) / 1e6 for a, b in zip(delta_times, delta_times[1:], strict=False)]
+    return completed
+
+
+def build_record(capture: AttemptCapture, capture_content: bool = False) -> UsageRecord:
+    start = capture.start
+    body = dict(start.body) if start.body is not None else None
+    if body is None and start.raw_body:
+        try:
+            parsed = json.loads(start.raw_body)
+            body = parsed if isinstance(parsed, dict) else None
+        except ValueError:
+            body = None
+    body = body or {}
+    url = urlsplit(capture.url or start.url)
+    record = UsageRecord(
+        created_at=dt.datetime.fromtimestamp(start.wall_ns / 1e9, dt.UTC),
+        operation_id=start.operation_id,
+        attempt=start.attempt,
+        operation="count_tokens" if url.path.rstrip("/").endswith("count_tokens") else "chat",
+        server_address=url.hostname,
+        server_port=url.port or (443 if url.scheme == "https" else 80),
+        resource=resource_from_host(url.hostname),
+        deployment=body.get("model") if isinstance(body.get("model"), str) else None,
+        stream=body.get("stream") is True,
+        max_tokens=body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else None,
+        status_code=capture.status_code,
+        request_id=capture.headers.get("request-id"),
+        apim_request_id=capture.headers.get("apim-request-id"),
+        team=start.attribution.team,
+        project=start.attribution.project,
+        user=start.attribution.user,
+        tags=dict(start.attribution.tags),
+    )
+    end = capture.t_end or start.t0
+    record.latency_ms = (end - start.t0) / 1e6
+    if capture.t_first_delta is not None:
+        record.ttft_ms = (capture.t_first_delta - start.t0) / 1e6
+
+    texts: list[str] = []
+    raw = b"".join(chunk for _, chunk in capture.chunks)
+    try:
+        raw = _decode(raw, capture.headers.get("content-encoding"))
+    except zlib.error:
+        raw = b""
+    is_sse = "text/event-stream" in capture.headers.get("content-type", "")
+    completed = False
+    if is_sse and capture.status_code == 200:
+        completed = _parse_stream(record, capture, raw, texts)
+    elif raw:
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            payload = None
+        if capture.status_code is not None and capture.status_code >= 400:
+            _apply_error(record, payload)
+        elif isinstance(payload, Mapping):
+            if record.operation == "count_tokens":
+                record.input_tokens = _int(payload.get("input_tokens"))
+            else:
+                _apply_message(record, payload, texts)
+            completed = True
+        elif capture.status_code == 200:
+            record.error_type = "malformed_response"
+
+    if capture.exception is not None and record.error_type is None:
+        record.error_type = error_type_for_exception(capture.exception)
+    elif record.error_type is None and capture.status_code is not None and capture.status_code >= 400:
+        record.error_type = STATUS_ERROR_TYPES.get(capture.status_code, "api_error" if capture.status_code >= 500
+                                                   else "invalid_request_error")
+    elif record.error_type is None and capture.status_code == 200 and not completed:
+        if is_sse:
+            record.error_type = "client_closed" if capture.closed_early else "incomplete_stream"
+        elif capture.closed_early and not raw:
+            record.error_type = "client_closed"
+
+    if capture_content:
+        messages = body.get("messages")
+        if messages is not None:
+            record.prompt = json.dumps({"system": body.get("system"), "messages": messages}, default=str)[:65536]
+        record.completion = "".join(texts)[:65536] or None
+    return record

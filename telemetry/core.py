@@ -1,0 +1,168 @@
+"""`Telemetry`: owns the settings, the pipeline and the sinks, and instruments clients."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import signal
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import httpx
+import httpx2
+
+from .capture.hooks import Capturer
+from .capture.middleware import TelemetryMiddleware
+from .capture.transport import transport_classes
+from .health import Health
+from .otel import OTelSink, configure_azure_monitor_export
+from .pipeline import Pipeline, RecordSink
+from .pricing import load_price_table
+from .settings import Settings
+
+log = logging.getLogger("telemetry")
+C = TypeVar("C")
+
+_azure_lock = threading.Lock()
+_azure_configured: str | None = None
+_live: weakref.WeakSet[Telemetry] = weakref.WeakSet()
+_sigterm_installed = False
+
+
+def _ensure_azure_monitor(connection_string: str) -> None:
+    global _azure_configured
+    with _azure_lock:
+        if _azure_configured is None:
+            configure_azure_monitor_export(connection_string)
+            _azure_configured = connection_string
+        elif _azure_configured != connection_string:
+            log.warning("foundry-telemetry: Azure Monitor is already configured in this process; "
+                        "a second connection string is ignored")
+
+
+def _shutdown_all() -> None:
+    for tel in list(_live):
+        tel.shutdown()
+
+
+def _install_sigterm() -> None:
+    """Flush on SIGTERM, then die as SIGTERM would have. Only where nobody else handles it."""
+    global _sigterm_installed
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            _shutdown_all()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        _sigterm_installed = True
+    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+        pass
+
+
+atexit.register(_shutdown_all)
+
+
+class Telemetry:
+    """Instrument Foundry clients; records go to the ledger and, when configured, to Azure Monitor."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        sinks: Sequence[RecordSink] | None = None,
+        **options: Any,
+    ) -> None:
+        self.settings = settings.with_(**options) if settings else Settings.from_env({}, **options)
+        self.health = Health()
+        self.prices = load_price_table(self.settings.prices_path, self.settings.deployments)
+        if self.settings.connection_string and tracer_provider is None and meter_provider is None:
+            _ensure_azure_monitor(self.settings.connection_string)
+        self._otel = OTelSink(tracer_provider, meter_provider)
+        all_sinks: list[RecordSink] = list(sinks or ())
+        self.ledger = None
+        if self.settings.ledger:
+            from .ledger.writer import LedgerWriter
+
+            self.ledger = LedgerWriter(self.settings, self.health)
+            all_sinks.insert(0, self.ledger)
+        self._pipeline = Pipeline(
+            self.prices, all_sinks, self.health, emit=self._otel.emit,
+            capture_content=self.settings.capture_content, queue_size=self.settings.queue_size,
+        )
+        self._capturer = Capturer(self._pipeline.submit, self.health.failed)
+        self._middleware = TelemetryMiddleware(self._capturer, self)
+        self._closed = False
+        _live.add(self)
+        _install_sigterm()
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> Telemetry:
+        known = {"tracer_provider", "meter_provider", "sinks"}
+        extra = {k: kwargs.pop(k) for k in list(kwargs) if k in known}
+        return cls(settings=Settings.from_env(**kwargs), **extra)
+
+    # -- instrumenting -----------------------------------------------------------------------------
+
+    def instrument(self, client: C) -> C:
+        """The same client class back, with a per-attempt middleware; the original is left untouched."""
+        existing = tuple(getattr(client, "middleware", ()))
+        if not hasattr(client, "with_options"):
+            raise TypeError(f"instrument() takes an anthropic client, not {type(client).__name__}")
+        if any(isinstance(m, TelemetryMiddleware) and m.owner is self for m in existing):
+            return client
+        return client.with_options(middleware=[*existing, self._middleware])  # type: ignore[attr-defined]
+
+    def transport(self, inner: Any = None, *, library: Any = httpx, asynchronous: bool = False) -> Any:
+        """A capturing transport for `httpx` (default) or `httpx2`, wrapping `inner`."""
+        sync_cls, async_cls = transport_classes(library)
+        return (async_cls if asynchronous else sync_cls)(self._capturer, inner)
+
+    def httpx_client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(transport=self.transport(kwargs.pop("transport", None)), **kwargs)
+
+    def async_httpx_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=self.transport(kwargs.pop("transport", None), asynchronous=True),
+                                 **kwargs)
+
+    def httpx2_client(self, **kwargs: Any) -> httpx2.Client:
+        """For `AnthropicFoundry(http_client=…)` or raw httpx2 callers."""
+        return httpx2.Client(transport=self.transport(kwargs.pop("transport", None), library=httpx2), **kwargs)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Block until every record so far is in the ledger (or the spool) and exported."""
+        ok = self._pipeline.flush(timeout)
+        self._otel.flush()
+        return ok
+
+    def shutdown(self, timeout: float | None = 30.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._pipeline.close(timeout)
+            self._otel.flush()
+        except Exception as exc:
+            self.health.failed("shutdown", exc)
+        _live.discard(self)
+
+    @property
+    def processed(self) -> int:
+        return self._pipeline.processed
+
+    def __enter__(self) -> Telemetry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()

@@ -1,0 +1,1 @@
+"""The usage ledger: SQL rows per attempt, daily rollups, spool, retention."""

@@ -1,0 +1,124 @@
+"""One engine per process and URL; schema upgrades through Alembic."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+_upgraded: set[str] = set()
+
+
+class LedgerError(RuntimeError):
+    """A ledger that cannot be opened or upgraded; the message is one line."""
+
+
+def migrations_dir() -> Path:
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "migrations", here.parents[1] / "migrations"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise LedgerError("the migrations/ folder is not installed next to the telemetry package")
+
+
+def normalize_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here, the driver we install."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise LedgerError(f"{url!r} is not a database URL (e.g. sqlite:///usage.db)") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def get_engine(url: str) -> Engine:
+    url = normalize_url(url)
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _make_engine(url)
+            _engines[url] = engine
+        return engine
+
+
+def _make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            database = parsed.database
+            if database and database != ":memory:":
+                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+                dbapi_conn.isolation_level = None  # SQLAlchemy, not pysqlite, says when to BEGIN
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.close()
+
+            @event.listens_for(engine, "begin")
+            def _begin(conn):  # type: ignore[no-untyped-def]
+                # take the write lock up front: read-then-write transactions never deadlock on upgrade
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+            return engine
+        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    except (ArgumentError, ImportError) as exc:
+        raise LedgerError(f"cannot open {parsed.render_as_string()}: {exc}") from None
+
+
+def alembic_config(url: str):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    from alembic import command
+
+    cfg = alembic_config(url)
+    with get_engine(url).begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    _upgraded.add(normalize_url(url))
+
+
+def ensure_schema(url: str) -> None:
+    """Upgrade once per process; cheap when already at head."""
+    key = normalize_url(url)
+    if key in _upgraded:
+        return
+    upgrade(url)
+
+
+def ensure_partitions(engine: Engine, days: set[dt.date], known: set[dt.date]) -> None:
+    """PostgreSQL: one partition per UTC day, created on demand (and ahead by `create_partitions_ahead`)."""
+    missing = sorted(days - known)
+    if not missing:
+        return
+    with engine.begin() as conn:
+        for day in missing:
+            conn.execute(text(partition_ddl(day)))
+            known.add(day)
+
+
+def partition_name(day: dt.date) -> str:
+    return f"usage_records_{day:%Y%m%d}"
+
+
+def partition_ddl(day: dt.date) -> str:
+    nxt = day + dt.timedelta(days=1)
+    return (f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF usage_records "
+            f"FOR VALUES FROM ('{day.isoformat()} 00:00:00+00') TO ('{nxt.isoformat()} 00:00:00+00')")

@@ -1,0 +1,163 @@
+"""Idempotent batch inserts into `usage_records` plus exact `usage_daily` increments, in one transaction.
+
+Only rows actually inserted are added to the daily totals, so replays and duplicates count once.
+SQLite: dedupe by lookup inside a write transaction, then the driver's `executemany`.
+PostgreSQL: `COPY` into a temporary staging table, `INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..record import UsageRecord
+from .db import ensure_partitions
+from .models import COST_SCALE, UsageDailyRow, UsageRecordRow
+
+RECORD_COLUMNS = [c.name for c in UsageRecordRow.__table__.columns]
+_SOURCE_ATTR = {"id": "record_id"}
+DAILY_DIMS = ("day", "team", "project", "user", "deployment", "model")
+DAILY_SUMS = (
+    "requests", "errors", "rate_limited", "server_errors", "input_tokens", "output_tokens",
+    "cache_creation_input_tokens", "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens",
+    "cache_read_input_tokens", "cost_e10", "unpriced", "latency_ms_sum",
+)
+_E10 = Decimal(10) ** COST_SCALE
+
+
+def _value(record: UsageRecord, column: str) -> Any:
+    return getattr(record, _SOURCE_ATTR.get(column, column))
+
+
+def is_error(record: UsageRecord) -> bool:
+    return record.error_type is not None or (record.status_code or 0) >= 400
+
+
+def daily_increments(records: Iterable[UsageRecord]) -> list[dict[str, Any]]:
+    totals: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(lambda: dict.fromkeys(DAILY_SUMS, 0))
+    for r in records:
+        key = (r.created_at.astimezone(dt.UTC).date(), r.team or "", r.project or "", r.user or "",
+               r.deployment or "", r.model or "")
+        t = totals[key]
+        t["requests"] += 1
+        t["errors"] += is_error(r)
+        t["rate_limited"] += r.status_code == 429 or r.error_type == "rate_limit_error"
+        t["server_errors"] += (r.status_code or 0) >= 500
+        for name in ("input_tokens", "output_tokens", "cache_creation_input_tokens",
+                     "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens",
+                     "cache_read_input_tokens"):
+            t[name] += getattr(r, name)
+        if r.cost_usd is None:
+            t["unpriced"] += 1
+        else:
+            t["cost_e10"] += int(r.cost_usd * _E10)
+        t["latency_ms_sum"] += r.latency_ms or 0.0
+    return [dict(zip(DAILY_DIMS, key, strict=True), **sums) for key, sums in totals.items()]
+
+
+class LedgerStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._partitions: set[dt.date] = set()
+        table = UsageRecordRow.__table__
+        self._processors = [table.c[name].type.bind_processor(engine.dialect) for name in RECORD_COLUMNS]
+
+    def _row(self, record: UsageRecord) -> tuple[Any, ...]:
+        values = []
+        for name, proc in zip(RECORD_COLUMNS, self._processors, strict=True):
+            value = _value(record, name)
+            values.append(proc(value) if proc is not None else value)
+        return tuple(values)
+
+    def insert(self, records: Sequence[UsageRecord]) -> int:
+        """Insert what is new; returns how many rows were new."""
+        if not records:
+            return 0
+        if self.dialect == "postgresql":
+            return self._insert_postgresql(records)
+        return self._insert_generic(records)
+
+    # -- SQLite and others -----------------------------------------------------------------------
+
+    def _insert_generic(self, records: Sequence[UsageRecord]) -> int:
+        table = UsageRecordRow.__table__
+        with self.engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE (see db.py), so no lock upgrade
+            ids = [r.record_id for r in records]
+            rids = [r.request_id for r in records if r.request_id]
+            seen_ids: set[str] = set()
+            seen_rids: set[str] = set()
+            for chunk in _chunks(ids, 500):
+                seen_ids.update(conn.scalars(select(table.c.id).where(table.c.id.in_(chunk))))
+            for chunk in _chunks(rids, 500):
+                seen_rids.update(conn.scalars(select(table.c.request_id).where(table.c.request_id.in_(chunk))))
+            new: list[UsageRecord] = []
+            for r in records:
+                if r.record_id in seen_ids or (r.request_id and r.request_id in seen_rids):
+                    continue
+                seen_ids.add(r.record_id)
+                if r.request_id:
+                    seen_rids.add(r.request_id)
+                new.append(r)
+            if new:
+                placeholders = ", ".join("?" if self.dialect == "sqlite" else "%s" for _ in RECORD_COLUMNS)
+                cols = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)
+                conn.exec_driver_sql(f"INSERT INTO usage_records ({cols}) VALUES ({placeholders})",
+                                     [self._row(r) for r in new])
+                self._add_daily(conn, new)
+        return len(new)
+
+    # -- PostgreSQL ------------------------------------------------------------------------------
+
+    def _insert_postgresql(self, records: Sequence[UsageRecord]) -> int:
+        ensure_partitions(self.engine, {r.created_at.astimezone(dt.UTC).date() for r in records},
+                          self._partitions)
+        cols = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)
+        by_id = {r.record_id: r for r in records}
+        with self.engine.begin() as conn:
+            raw = conn.connection.driver_connection
+            with raw.cursor() as cur:
+                cur.execute("CREATE TEMP TABLE IF NOT EXISTS usage_records_staging "
+                            "(LIKE usage_records INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+                json_col = RECORD_COLUMNS.index("tags")
+                with cur.copy(f"COPY usage_records_staging ({cols}) FROM STDIN") as copy:
+                    for r in records:
+                        row = list(self._row(r))
+                        if row[json_col] is not None and not isinstance(row[json_col], str):
+                            row[json_col] = json.dumps(row[json_col])
+                        copy.write_row(row)
+                cur.execute(
+                    f"INSERT INTO usage_records ({cols}) "
+                    f"SELECT DISTINCT ON (COALESCE(request_id, id), created_at) {cols} "
+                    f"FROM usage_records_staging ORDER BY COALESCE(request_id, id), created_at, id "
+                    f"ON CONFLICT DO NOTHING RETURNING id")
+                inserted = [by_id[row[0]] for row in cur.fetchall()]
+            self._add_daily(conn, inserted)
+        return len(inserted)
+
+    # -- rollups ---------------------------------------------------------------------------------
+
+    def _add_daily(self, conn: Any, records: Sequence[UsageRecord]) -> None:
+        rows = daily_increments(records)
+        if not rows:
+            return
+        table = UsageDailyRow.__table__
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = dialect_insert(table)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c[d] for d in DAILY_DIMS],
+            set_={name: table.c[name] + stmt.excluded[name] for name in DAILY_SUMS},
+        )
+        conn.execute(stmt, rows)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,145 @@
+"""Background ledger writer: bounded queue → batches (by size and time) → SQL; spool on any failure,
+replay when the database answers again. The caller never waits on SQL."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..health import Health
+from ..record import UsageRecord
+from ..settings import Settings
+from .db import ensure_schema, get_engine
+from .spool import Spool
+from .store import LedgerStore
+
+log = logging.getLogger("telemetry")
+
+_RETRY_S = 2.0
+
+
+class LedgerWriter:
+    def __init__(self, settings: Settings, health: Health, *, start: bool = True) -> None:
+        self.settings = settings
+        self.health = health
+        self.spool = Spool(settings.resolved_spool_dir)
+        self._queue: queue.Queue[UsageRecord | threading.Event | None] = queue.Queue(settings.queue_size)
+        self._store: LedgerStore | None = None
+        self._next_try = 0.0
+        self.written = 0
+        self.spooled = 0
+        self._thread = threading.Thread(target=self._run, name="foundry-telemetry-ledger", daemon=True)
+        if start:
+            self._thread.start()
+
+    # -- called from the pipeline thread ---------------------------------------------------------
+
+    def write(self, record: UsageRecord) -> None:
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self._to_spool([record], "ledger queue full")
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        if not self._thread.is_alive():
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    # -- the writer thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        batch: list[UsageRecord] = []
+        deadline = None
+        interval = self.settings.batch_interval_s
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not batch and self.spool.pending():
+                timeout = min(timeout or _RETRY_S, _RETRY_S)
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = ...  # timer
+            if isinstance(item, UsageRecord):
+                batch.append(item)
+                if deadline is None:
+                    deadline = time.monotonic() + interval
+                if len(batch) < self.settings.batch_size:
+                    continue
+            # size reached, time reached, flush marker or stop: write what we have
+            if batch:
+                self._write(batch)
+                batch = []
+                deadline = None
+            self._replay()
+            if isinstance(item, threading.Event):
+                item.set()
+            elif item is None:
+                return
+
+    def _connect(self) -> LedgerStore | None:
+        if self._store is not None:
+            return self._store
+        if time.monotonic() < self._next_try:
+            return None
+        try:
+            ensure_schema(self.settings.db_url)
+            self._store = LedgerStore(get_engine(self.settings.db_url))
+        except Exception as exc:
+            self._next_try = time.monotonic() + _RETRY_S
+            self.health.failed("ledger_connect", exc)
+            return None
+        return self._store
+
+    def _write(self, batch: Sequence[UsageRecord]) -> None:
+        store = self._connect()
+        if store is None or self.spool.pending():
+            # keep order: older spooled rows go first
+            self._to_spool(batch, None)
+            return
+        try:
+            store.insert(batch)
+            self.written += len(batch)
+        except Exception as exc:
+            self.health.failed("ledger_write", exc)
+            self._next_try = time.monotonic() + _RETRY_S
+            self._store = None
+            self._to_spool(batch, None)
+
+    def _replay(self) -> None:
+        files = self.spool.files()
+        if not files:
+            return
+        store = self._connect()
+        if store is None:
+            return
+        for path in files:
+            try:
+                store.insert(self.spool.read(path))
+                path.unlink()
+            except Exception as exc:
+                self.health.failed("ledger_replay", exc)
+                self._store = None
+                self._next_try = time.monotonic() + _RETRY_S
+                return
+
+    def _to_spool(self, records: Sequence[UsageRecord], reason: str | None) -> None:
+        try:
+            self.spool.append(records)
+            self.spooled += len(records)
+            if reason:
+                self.health.failed("ledger_spill", message=reason)
+        except Exception as exc:  # the disk too: nothing else we can do but say so
+            self.health.failed("spool_write", exc)
+            log.error("foundry-telemetry: %d usage records could not be spooled to %s",
+                      len(records), Path(self.spool.directory))

@@ -1,0 +1,65 @@
+"""Every telemetry name in one place, so a semantic-convention rename is one edit.
+
+GenAI names come from `opentelemetry-semantic-conventions`; the project's own live under `foundry.*`.
+Token rule on spans (the GenAI convention, as the SDK's own span does it):
+`gen_ai.usage.input_tokens` = uncached input + cache read + cache creation. The ledger keeps them apart.
+"""
+
+from __future__ import annotations
+
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as _ga
+from opentelemetry.semconv._incubating.metrics import gen_ai_metrics as _gm
+from opentelemetry.semconv.attributes import error_attributes as _err
+from opentelemetry.semconv.attributes import http_attributes as _http
+from opentelemetry.semconv.attributes import server_attributes as _srv
+
+INSTRUMENTATION_SCOPE = "foundry-telemetry"
+PROVIDER = "anthropic"
+
+# span attributes
+OPERATION_NAME = _ga.GEN_AI_OPERATION_NAME
+PROVIDER_NAME = _ga.GEN_AI_PROVIDER_NAME
+SYSTEM = _ga.GEN_AI_SYSTEM  # App Insights derives the dependency type from it
+REQUEST_MODEL = _ga.GEN_AI_REQUEST_MODEL
+REQUEST_MAX_TOKENS = _ga.GEN_AI_REQUEST_MAX_TOKENS
+REQUEST_STREAM = _ga.GEN_AI_REQUEST_STREAM
+RESPONSE_MODEL = _ga.GEN_AI_RESPONSE_MODEL
+RESPONSE_ID = _ga.GEN_AI_RESPONSE_ID
+RESPONSE_FINISH_REASONS = _ga.GEN_AI_RESPONSE_FINISH_REASONS
+USAGE_INPUT_TOKENS = _ga.GEN_AI_USAGE_INPUT_TOKENS
+USAGE_OUTPUT_TOKENS = _ga.GEN_AI_USAGE_OUTPUT_TOKENS
+USAGE_CACHE_CREATION_INPUT_TOKENS = _ga.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS
+USAGE_CACHE_READ_INPUT_TOKENS = _ga.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS
+RESPONSE_TIME_TO_FIRST_CHUNK = _ga.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK
+TOKEN_TYPE = _ga.GEN_AI_TOKEN_TYPE
+SERVER_ADDRESS = _srv.SERVER_ADDRESS
+SERVER_PORT = _srv.SERVER_PORT
+HTTP_STATUS_CODE = _http.HTTP_RESPONSE_STATUS_CODE
+ERROR_TYPE = _err.ERROR_TYPE
+
+# the project's own (they survive the Azure Monitor exporter, which drops `http.*`)
+FOUNDRY_REQUEST_ID = "foundry.request_id"
+FOUNDRY_APIM_REQUEST_ID = "foundry.apim_request_id"
+FOUNDRY_RESOURCE = "foundry.resource"
+FOUNDRY_DEPLOYMENT = "foundry.deployment"
+FOUNDRY_OPERATION_ID = "foundry.operation_id"
+FOUNDRY_ATTEMPT = "foundry.attempt"
+FOUNDRY_TEAM = "foundry.team"
+FOUNDRY_PROJECT = "foundry.project"
+FOUNDRY_USER = "foundry.user"
+FOUNDRY_COST_USD = "foundry.cost_usd"
+FOUNDRY_STATUS_CODE = "foundry.status_code"
+FOUNDRY_CACHE_KIND = "foundry.cache.kind"
+FOUNDRY_PROMPT = "foundry.prompt"
+FOUNDRY_COMPLETION = "foundry.completion"
+
+# metrics
+METRIC_TOKEN_USAGE = _gm.GEN_AI_CLIENT_TOKEN_USAGE
+METRIC_DURATION = _gm.GEN_AI_CLIENT_OPERATION_DURATION
+METRIC_TTFC = _gm.GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK
+METRIC_TPOC = _gm.GEN_AI_CLIENT_OPERATION_TIME_PER_OUTPUT_CHUNK
+METRIC_COST = "foundry.client.cost"
+METRIC_CACHE_TOKENS = "foundry.client.cache_tokens"
+
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)

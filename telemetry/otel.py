@@ -1,0 +1,174 @@
+"""OpenTelemetry sink: one CLIENT span per attempt and the GenAI metrics; Azure Monitor set-up.
+
+Spans are created on the pipeline thread with the attempt's own start/end times and the caller's context
+(the SDK's `anthropic.messages.create` span) as parent, so the request path pays nothing for them.
+Metrics never depend on sampling: they are recorded for every record, sampled span or not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from . import names as n
+from .capture.state import AttemptCapture
+from .record import UsageRecord
+
+log = logging.getLogger("telemetry")
+
+try:
+    VERSION = version("foundry-telemetry")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    VERSION = "0"
+
+
+def configure_azure_monitor_export(connection_string: str) -> None:
+    """Send traces, metrics and logs to Application Insights, keeping every span.
+
+    The distro would otherwise instrument httpx/httpx2 (a second span per attempt) and sample by rate
+    (dropping spans that support lookups need).
+    """
+    from azure.monitor.opentelemetry import configure_azure_monitor
+
+    kwargs: dict[str, Any] = {
+        "connection_string": connection_string,
+        "instrumentation_options": {"httpx": {"enabled": False}, "httpx2": {"enabled": False}},
+        "enable_live_metrics": False,
+    }
+    if not os.environ.get("OTEL_TRACES_SAMPLER"):
+        kwargs["sampling_ratio"] = 1.0
+    configure_azure_monitor(**kwargs)
+
+
+class OTelSink:
+    def __init__(self, tracer_provider: Any = None, meter_provider: Any = None) -> None:
+        self._tracer = trace.get_tracer(n.INSTRUMENTATION_SCOPE, VERSION, tracer_provider=tracer_provider)
+        meter = metrics.get_meter(n.INSTRUMENTATION_SCOPE, VERSION, meter_provider=meter_provider)
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
+        self._tokens = meter.create_histogram(
+            n.METRIC_TOKEN_USAGE, unit="{token}", description="Tokens used per attempt",
+            explicit_bucket_boundaries_advisory=list(n.TOKEN_BUCKETS))
+        self._duration = meter.create_histogram(
+            n.METRIC_DURATION, unit="s", description="Duration of one HTTP attempt",
+            explicit_bucket_boundaries_advisory=list(n.DURATION_BUCKETS))
+        self._ttfc = meter.create_histogram(
+            n.METRIC_TTFC, unit="s", description="Time to the first streamed content chunk",
+            explicit_bucket_boundaries_advisory=list(n.DURATION_BUCKETS))
+        self._tpoc = meter.create_histogram(
+            n.METRIC_TPOC, unit="s", description="Time between streamed content chunks",
+            explicit_bucket_boundaries_advisory=list(n.DURATION_BUCKETS))
+        self._cost = meter.create_counter(n.METRIC_COST, unit="USD", description="Cost of the attempts")
+        self._cache = meter.create_counter(n.METRIC_CACHE_TOKENS, unit="{token}",
+                                           description="Prompt-cache tokens by kind")
+
+    def emit(self, record: UsageRecord, capture: AttemptCapture) -> None:
+        self._span(record, capture)
+        self._metrics(record)
+
+    def _span(self, record: UsageRecord, capture: AttemptCapture) -> None:
+        start_ns = capture.start.wall_ns
+        end_ns = start_ns + int((record.latency_ms or 0) * 1e6)
+        span = self._tracer.start_span(
+            f"{record.operation} {record.deployment or 'unknown'}",
+            context=capture.start.otel_context,
+            kind=SpanKind.CLIENT,
+            start_time=start_ns,
+            attributes=span_attributes(record),
+        )
+        ctx = span.get_span_context()
+        if ctx.is_valid:
+            record.trace_id = f"{ctx.trace_id:032x}"
+            record.span_id = f"{ctx.span_id:016x}"
+        if record.error_type:
+            span.set_status(Status(StatusCode.ERROR, record.error_type))
+        span.end(end_time=end_ns)
+
+    def _metrics(self, record: UsageRecord) -> None:
+        attrs = metric_attributes(record)
+        if record.status_code == 200 or record.total_input_tokens or record.output_tokens:
+            self._tokens.record(record.total_input_tokens, {**attrs, n.TOKEN_TYPE: "input"})
+            self._tokens.record(record.output_tokens, {**attrs, n.TOKEN_TYPE: "output"})
+        self._duration.record((record.latency_ms or 0) / 1000, attrs)
+        if record.ttft_ms is not None:
+            self._ttfc.record(record.ttft_ms / 1000, attrs)
+        for gap in record.chunk_gaps_ms:
+            self._tpoc.record(gap / 1000, attrs)
+        if record.cost_usd is not None:
+            self._cost.add(float(record.cost_usd), attrs)
+        for kind, value in (("read", record.cache_read_input_tokens),
+                            ("write_5m", record.cache_creation_5m_input_tokens
+                             or max(record.cache_creation_input_tokens - record.cache_creation_1h_input_tokens, 0)),
+                            ("write_1h", record.cache_creation_1h_input_tokens)):
+            if value:
+                self._cache.add(value, {**attrs, n.FOUNDRY_CACHE_KIND: kind})
+
+    def flush(self, timeout_ms: int = 10_000) -> None:
+        for provider in (self._tracer_provider or trace.get_tracer_provider(),
+                         self._meter_provider or metrics.get_meter_provider()):
+            force = getattr(provider, "force_flush", None)
+            if force is not None:
+                try:
+                    force(timeout_ms)
+                except Exception:
+                    log.warning("foundry-telemetry: telemetry export flush failed", exc_info=True)
+
+
+def span_attributes(r: UsageRecord) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        n.OPERATION_NAME: r.operation,
+        n.PROVIDER_NAME: n.PROVIDER,
+        n.SYSTEM: n.PROVIDER,
+        n.REQUEST_STREAM: r.stream,
+        n.FOUNDRY_OPERATION_ID: r.operation_id,
+        n.FOUNDRY_ATTEMPT: r.attempt,
+        n.USAGE_INPUT_TOKENS: r.total_input_tokens,
+        n.USAGE_OUTPUT_TOKENS: r.output_tokens,
+        n.USAGE_CACHE_CREATION_INPUT_TOKENS: r.cache_creation_input_tokens,
+        n.USAGE_CACHE_READ_INPUT_TOKENS: r.cache_read_input_tokens,
+    }
+    optional = {
+        n.REQUEST_MODEL: r.deployment,
+        n.FOUNDRY_DEPLOYMENT: r.deployment,
+        n.REQUEST_MAX_TOKENS: r.max_tokens,
+        n.RESPONSE_MODEL: r.model,
+        n.RESPONSE_ID: r.response_id,
+        n.RESPONSE_FINISH_REASONS: [r.finish_reason] if r.finish_reason else None,
+        n.RESPONSE_TIME_TO_FIRST_CHUNK: r.ttft_ms / 1000 if r.ttft_ms is not None else None,
+        n.SERVER_ADDRESS: r.server_address,
+        n.SERVER_PORT: r.server_port,
+        n.HTTP_STATUS_CODE: r.status_code,
+        n.FOUNDRY_STATUS_CODE: r.status_code,
+        n.ERROR_TYPE: r.error_type,
+        n.FOUNDRY_REQUEST_ID: r.request_id,
+        n.FOUNDRY_APIM_REQUEST_ID: r.apim_request_id,
+        n.FOUNDRY_RESOURCE: r.resource,
+        n.FOUNDRY_TEAM: r.team,
+        n.FOUNDRY_PROJECT: r.project,
+        n.FOUNDRY_USER: r.user,
+        n.FOUNDRY_COST_USD: str(r.cost_usd) if r.cost_usd is not None else None,
+        n.FOUNDRY_PROMPT: r.prompt,
+        n.FOUNDRY_COMPLETION: r.completion,
+    }
+    attrs.update({k: v for k, v in optional.items() if v is not None})
+    return attrs
+
+
+def metric_attributes(r: UsageRecord) -> dict[str, Any]:
+    """Low-cardinality only: never request ids or users."""
+    attrs: dict[str, Any] = {n.OPERATION_NAME: r.operation, n.PROVIDER_NAME: n.PROVIDER}
+    optional = {
+        n.REQUEST_MODEL: r.deployment,
+        n.RESPONSE_MODEL: r.model,
+        n.SERVER_ADDRESS: r.server_address,
+        n.ERROR_TYPE: r.error_type,
+        n.FOUNDRY_TEAM: r.team,
+        n.FOUNDRY_PROJECT: r.project,
+    }
+    attrs.update({k: v for k, v in optional.items() if v is not None})
+    return attrs

@@ -1,0 +1,115 @@
+"""The hand-off between the request path and everything slow: a bounded queue and one worker thread
+that turns captures into records, prices them, and feeds the sinks."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from .capture.parse import build_record
+from .capture.state import AttemptCapture
+from .health import Health
+from .pricing import PriceTable
+from .record import UsageRecord
+
+
+class RecordSink(Protocol):
+    def write(self, record: UsageRecord) -> None: ...
+    def flush(self, timeout: float | None = None) -> bool: ...
+    def close(self, timeout: float | None = None) -> None: ...
+
+
+class Pipeline:
+    def __init__(
+        self,
+        prices: PriceTable,
+        sinks: Sequence[RecordSink],
+        health: Health,
+        *,
+        emit: Callable[[UsageRecord, AttemptCapture], None] | None = None,
+        capture_content: bool = False,
+        queue_size: int = 10_000,
+    ) -> None:
+        self._prices = prices
+        self._sinks = list(sinks)
+        self._emit = emit
+        self._health = health
+        self._capture_content = capture_content
+        self._queue: queue.Queue[AttemptCapture | threading.Event | None] = queue.Queue(queue_size)
+        self._lock = threading.Lock()  # one record at a time, worker or inline
+        self._thread = threading.Thread(target=self._run, name="foundry-telemetry-pipeline", daemon=True)
+        self._thread.start()
+        self.processed = 0
+
+    def submit(self, capture: AttemptCapture) -> None:
+        """Called on the request path; O(1), never raises, never blocks."""
+        try:
+            self._queue.put_nowait(capture)
+        except queue.Full:
+            # never drop: finish it here, on the caller's thread, rather than lose it
+            self._health.failed("pipeline_queue_full", message="queue full; processing inline")
+            self._process(capture)
+        except Exception as exc:  # pragma: no cover
+            self._health.failed("pipeline_submit", exc)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            self._process(item)
+
+    def _process(self, capture: AttemptCapture) -> None:
+        with self._lock:
+            try:
+                record = build_record(capture, self._capture_content)
+                record.record_id = uuid.uuid4().hex
+            except Exception as exc:
+                self._health.failed("parse", exc)
+                return
+            try:
+                record.cost_usd = self._prices.cost(record)
+            except Exception as exc:
+                self._health.failed("pricing", exc)
+            if self._emit is not None:
+                try:
+                    self._emit(record, capture)
+                except Exception as exc:
+                    self._health.failed("otel_export", exc)
+            for sink in self._sinks:
+                try:
+                    sink.write(record)
+                except Exception as exc:
+                    self._health.failed(f"sink_{type(sink).__name__}", exc)
+            self.processed += 1
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        done = threading.Event()
+        if not self._thread.is_alive():
+            return True
+        self._queue.put(done)
+        ok = done.wait(timeout)
+        for sink in self._sinks:
+            try:
+                ok = sink.flush(timeout) and ok
+            except Exception as exc:
+                self._health.failed(f"sink_flush_{type(sink).__name__}", exc)
+                ok = False
+        return ok
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        self.flush(timeout)
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+        for sink in self._sinks:
+            try:
+                sink.close(timeout)
+            except Exception as exc:
+                self._health.failed(f"sink_close_{type(sink).__name__}", exc)

@@ -1,0 +1,58 @@
+"""UsageRecord: the one plain type everything after capture works on."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    created_at: dt.datetime  # UTC, request start
+    operation_id: str
+    attempt: int
+    operation: str = "chat"  # chat | count_tokens | other
+    request_id: str | None = None
+    apim_request_id: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    resource: str | None = None
+    server_address: str | None = None
+    server_port: int | None = None
+    deployment: str | None = None
+    model: str | None = None
+    stream: bool = False
+    max_tokens: int | None = None
+    status_code: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    response_id: str | None = None
+    finish_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_creation_5m_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    web_search_requests: int = 0
+    cost_usd: Decimal | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    chunk_gaps_ms: list[float] = field(default_factory=list)
+    team: str | None = None
+    project: str | None = None
+    user: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    prompt: str | None = None
+    completion: str | None = None
+    record_id: str = ""  # the ledger's primary key, fixed before the first write so replays dedupe
+
+    @property
+    def total_input_tokens(self) -> int:
+        """Input as the GenAI convention counts it: uncached + cache read + cache creation."""
+        return self.input_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
