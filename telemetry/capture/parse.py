@@ -54,14 +54,18 @@ def resource_from_host(host: str | None) -> str | None:
 
 
 def _decode(body: bytes, encoding: str | None) -> bytes:
+    """Undo gzip/deflate on tee'd wire bytes; a body read by httpx is already decoded and passes through."""
     encoding = (encoding or "").lower().strip()
-    if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body)
-    if encoding == "deflate":
-        try:
-            return zlib.decompress(body)
-        except zlib.error:
-            return zlib.decompress(body, -zlib.MAX_WBITS)
+    try:
+        if encoding in ("gzip", "x-gzip") and body[:2] == b"\x1f\x8b":
+            return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body)
+        if encoding == "deflate":
+            try:
+                return zlib.decompress(body)
+            except zlib.error:
+                return zlib.decompress(body, -zlib.MAX_WBITS)
+    except zlib.error:
+        return body
     return body
 
 
@@ -198,10 +202,7 @@ def build_record(capture: AttemptCapture, capture_content: bool = False) -> Usag
 
     texts: list[str] = []
     raw = b"".join(chunk for _, chunk in capture.chunks)
-    try:
-        raw = _decode(raw, capture.headers.get("content-encoding"))
-    except zlib.error:
-        raw = b""
+    raw = _decode(raw, capture.headers.get("content-encoding"))
     is_sse = "text/event-stream" in capture.headers.get("content-type", "")
     completed = False
     if is_sse and capture.status_code == 200:
