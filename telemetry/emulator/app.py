@@ -36,7 +36,7 @@ WORDS = ("the quick brown fox jumps over a lazy dog while telemetry counts every
          "and the ledger writes each row exactly once").split()
 
 
-def _error(status: int, kind: str, message: str, headers: Mapping[str, str]) -> JSONResponse:
+def _error_response(status: int, kind: str, message: str, headers: Mapping[str, str]) -> JSONResponse:
     return JSONResponse({"type": "error", "error": {"type": kind, "message": message}},
                         status_code=status, headers=dict(headers))
 
@@ -66,6 +66,11 @@ class Emulator:
         self.served: list[dict[str, Any]] = []  # what was answered, for tests to compare against
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _error(self, status: int, kind: str, message: str, headers: Mapping[str, str]) -> JSONResponse:
+        self.served.append({"request-id": headers.get("request-id"),
+                            "apim-request-id": headers.get("apim-request-id"), "status": status, "error": kind})
+        return _error_response(status, kind, message, headers)
 
     def _ids(self) -> dict[str, str]:
         return {"request-id": "req_" + secrets.token_hex(12), "apim-request-id": str(uuid.uuid4())}
@@ -127,11 +132,11 @@ class Emulator:
     async def messages(self, request: Request) -> Response:
         ids = self._ids()
         if not self._authorized(request):
-            return _error(401, "authentication_error", "invalid x-api-key", ids)
+            return self._error(401, "authentication_error", "invalid x-api-key", ids)
         try:
             fault = Fault.parse(request.headers.get(FAULT_HEADER))
         except FaultError as exc:
-            return _error(400, "invalid_request_error", str(exc), ids)
+            return self._error(400, "invalid_request_error", str(exc), ids)
         retry = request.headers.get("x-stainless-retry-count", "0")
         if fault and not fault.applies(int(retry) if retry.isdigit() else 0):
             fault = None
@@ -140,14 +145,14 @@ class Emulator:
             if not isinstance(body, dict):
                 raise ValueError
         except ValueError:
-            return _error(400, "invalid_request_error", "request body is not a JSON object", ids)
+            return self._error(400, "invalid_request_error", "request body is not a JSON object", ids)
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            return _error(400, "invalid_request_error", "model: Field required", ids)
+            return self._error(400, "invalid_request_error", "model: Field required", ids)
         if model not in self.deployments:
-            return _error(404, "not_found_error", "Deployment not found", ids)
+            return self._error(404, "not_found_error", "Deployment not found", ids)
         if not isinstance(body.get("messages"), list):
-            return _error(400, "invalid_request_error", "messages: Field required", ids)
+            return self._error(400, "invalid_request_error", "messages: Field required", ids)
         if fault:
             early = self._early_fault(fault, ids)
             if early is not None:
@@ -156,7 +161,7 @@ class Emulator:
         usage = self._usage(body)
         if counting:
             total = usage["input_tokens"] + usage["cache_creation_input_tokens"] + usage["cache_read_input_tokens"]
-            self.served.append({**ids, "deployment": model, "input_tokens": total})
+            self.served.append({**ids, "status": 200, "deployment": model, "input_tokens": total})
             return JSONResponse({"input_tokens": total}, headers=ids)
         words = self._reply(body)
         usage["output_tokens"] = len(words)
@@ -166,7 +171,7 @@ class Emulator:
             "model": self.deployments[model], "content": [{"type": "text", "text": "".join(words)}],
             "stop_reason": stop, "stop_sequence": None, "usage": usage,
         }
-        self.served.append({**ids, "deployment": model, "model": message["model"], "usage": usage,
+        self.served.append({**ids, "status": 200, "deployment": model, "model": message["model"], "usage": usage,
                             "stream": bool(body.get("stream")), "fault": fault.kind if fault else None})
         if fault and fault.kind == "slow" and not body.get("stream"):
             await asyncio.sleep(fault.delay_ms / 1000)
@@ -179,14 +184,14 @@ class Emulator:
 
     def _early_fault(self, fault: Fault, ids: dict[str, str]) -> Response | None:
         if fault.kind == "429":
-            return _error(429, "rate_limit_error", "Rate limit reached for requests",
+            return self._error(429, "rate_limit_error", "Rate limit reached for requests",
                           {**ids, "retry-after": "1", "retry-after-ms": "10"})
         if fault.kind == "529":
-            return _error(529, "overloaded_error", "Overloaded", ids)
+            return self._error(529, "overloaded_error", "Overloaded", ids)
         if fault.kind == "500":
-            return _error(500, "api_error", "Internal server error", ids)
+            return self._error(500, "api_error", "Internal server error", ids)
         if fault.kind == "403":
-            return _error(403, "permission_error", "Principal does not have access to this deployment", ids)
+            return self._error(403, "permission_error", "Principal does not have access to this deployment", ids)
         return None
 
     async def _events(self, message: dict[str, Any], words: list[str], fault: Fault | None
@@ -228,7 +233,7 @@ class Emulator:
         yield sse("message_stop", {"type": "message_stop"})
 
     async def not_on_foundry(self, request: Request) -> Response:
-        return _error(404, "not_found_error", f"{request.url.path} is not available on Foundry", self._ids())
+        return self._error(404, "not_found_error", f"{request.url.path} is not available on Foundry", self._ids())
 
 
 def create_app(emulator: Emulator | None = None) -> Starlette:
