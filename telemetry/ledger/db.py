@@ -55,7 +55,10 @@ def _make_engine(url: str) -> Engine:
             database = parsed.database
             if database and database != ":memory:":
                 Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+            connect_args: dict[str, object] = {"check_same_thread": False}
+            if "timeout" not in parsed.query:  # `?timeout=` in the URL sets the busy timeout
+                connect_args["timeout"] = 30
+            engine = create_engine(url, connect_args=connect_args)
 
             @event.listens_for(engine, "connect")
             def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ from ..health import Health
 from ..record import UsageRecord
 from ..settings import Settings
 from .db import ensure_schema, get_engine
+from .retention import create_partitions_ahead
 from .spool import Spool
 from .store import LedgerStore
 
@@ -94,7 +95,9 @@ class LedgerWriter:
             return None
         try:
             ensure_schema(self.settings.db_url)
-            self._store = LedgerStore(get_engine(self.settings.db_url))
+            engine = get_engine(self.settings.db_url)
+            create_partitions_ahead(engine)
+            self._store = LedgerStore(engine)
         except Exception as exc:
             self._next_try = time.monotonic() + _RETRY_S
             self.health.failed("ledger_connect", exc)
