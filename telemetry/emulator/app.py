@@ -30,6 +30,7 @@ DEFAULT_DEPLOYMENTS: dict[str, str] = {
     "claude-opus-5": "claude-opus-5",
     "my-claude": "claude-sonnet-4-5-20250929",  # a custom deployment name
     "batchy": "claude-haiku-4-5-20251001",
+    "usdz-sonnet": "claude-sonnet-4-5-20250929",  # a US Data Zone deployment (priced 1.1x)
     "mystery-model": "claude-experimental-9",  # a model with no published price
 }
 WORDS = ("the quick brown fox jumps over a lazy dog while telemetry counts every token it sees "

@@ -1,0 +1,308 @@
+"""`foundry-telemetry`: demo, emulator, report, lookup, purge, alerts, db. Bad input: one line, non-zero."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from .settings import DEFAULT_DB_URL, SettingsError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Observability and usage accounting for Claude on Microsoft Foundry.")
+alerts_app = typer.Typer(no_args_is_help=True, help="Latency, error and cost alerting on the ledger.")
+db_app = typer.Typer(no_args_is_help=True, help="Ledger schema.")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(db_app, name="db")
+
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+DbOpt = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL (overrides FOUNDRY_TELEMETRY_DB_URL)")]
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _db_url(db: str | None, *, must_exist: bool) -> str:
+    from .ledger.db import normalize_url
+
+    url = db or os.environ.get("FOUNDRY_TELEMETRY_DB_URL") or DEFAULT_DB_URL
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if must_exist and parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not Path(parsed.database).exists():
+            raise CliError(f"no ledger at {parsed.database} (run some traffic, or `foundry-telemetry db upgrade`)")
+    return url
+
+
+def _engine(db: str | None, *, must_exist: bool = True) -> Any:
+    from .ledger.db import ensure_schema, get_engine
+
+    url = _db_url(db, must_exist=must_exist)
+    ensure_schema(url)
+    return get_engine(url)
+
+
+@app.command()
+def demo(
+    requests: Annotated[int, typer.Option("--requests", "-n", min=1, max=100_000, help="How many calls")] = 300,
+    db: DbOpt = None,
+    html: Annotated[Path, typer.Option("--html", help="Where to write the HTML report")] = Path("report.html"),
+) -> None:
+    """Start the emulator, drive mixed traffic through the instrumented SDK, print the report."""
+    from .demo import run_demo
+
+    url = _db_url(db, must_exist=False)
+    target = run_demo(url, requests, html, console)
+    if target:
+        console.print(f"\n[bold]Support lookup[/bold] of a retried call: foundry-telemetry lookup {target}")
+        _print_lookup(_engine(url), target, "table")
+
+
+@app.command()
+def emulator(
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8765,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+) -> None:
+    """Run the Foundry emulator alone (any SDK or curl can call it)."""
+    from .emulator import EmulatorServer
+
+    try:
+        server = EmulatorServer(host=host, port=port)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    console.print(f"Foundry emulator on http://{host}:{server.port}/anthropic/  "
+                  f"(AnthropicFoundry(base_url=…, api_key=any)); Ctrl-C stops it")
+    server.serve_forever()
+
+
+@app.command()
+def report(
+    since: Annotated[str | None, typer.Option(help="YYYY-MM-DD, 7d, 4w, today or mtd (default 30d)")] = None,
+    until: Annotated[str | None, typer.Option(help="YYYY-MM-DD (inclusive, default today)")] = None,
+    by: Annotated[str, typer.Option(help="team,project,user,deployment,model,day,month")] = "team",
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, json or html")] = "table",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Chargeback report from the daily rollups (totals survive retention)."""
+    from .reports.chargeback import chargeback, parse_by
+    from .reports.period import parse_period
+    from .reports.render import to_csv, to_json, to_table
+
+    if fmt not in ("table", "csv", "json", "html"):
+        raise CliError(f"unknown --format {fmt!r}; choose table, csv, json or html")
+    keys = parse_by(by)
+    start, end = parse_period(since, until)
+    if output is not None and not output.parent.exists():
+        raise CliError(f"folder {output.parent} does not exist")
+    engine = _engine(db)
+    rep = chargeback(engine, start, end, keys)
+    if fmt == "table":
+        if output:
+            with open(output, "w", encoding="utf-8") as fh:
+                to_table(rep, Console(file=fh, width=160))
+        else:
+            to_table(rep, console)
+        return
+    if fmt == "html":
+        from .reports.html import render_html
+
+        text = render_html(engine, rep)
+    else:
+        text = to_csv(rep) if fmt == "csv" else to_json(rep) + "\n"
+    if output:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+
+
+def _print_lookup(engine: Any, ident: str, fmt: str) -> None:
+    from rich.panel import Panel
+    from rich.table import Table
+
+    from .reports.lookup import Ambiguous, as_dict, find
+
+    try:
+        row = find(engine, ident)
+    except Ambiguous as exc:
+        ids = ", ".join(m.request_id or m.apim_request_id or "?" for m in exc.matches[:5])
+        raise CliError(f"{ident!r} matches {len(exc.matches)} calls ({ids}…); give more of the id", 2) from None
+    if row is None:
+        raise CliError(f"no call with request-id or apim-request-id {ident!r}", 1)
+    data = as_dict(row)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    table = Table(show_header=False, box=None)
+    for key in ("time", "resource", "deployment", "model", "operation", "stream", "status_code", "error_type",
+                "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+                "cost_usd", "latency_ms", "ttft_ms", "team", "project", "user", "tags", "operation_id",
+                "attempt", "trace_id"):
+        table.add_row(f"[dim]{key}[/dim]", str(data[key]))
+    console.print(table)
+    console.print(Panel(f"request-id: {data['request_id']}\napim-request-id: {data['apim_request_id']}\n"
+                        f"time (UTC): {data['time']}", title="For the Azure support ticket", expand=False))
+    console.print(Panel(data["kql"], title="Application Insights (KQL)", expand=False))
+
+
+@app.command()
+def lookup(
+    ident: Annotated[str, typer.Argument(metavar="ID", help="request-id or apim-request-id, or a unique prefix")],
+    fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    db: DbOpt = None,
+) -> None:
+    """Find one call by its correlation id; exit 1 when none, 2 when a prefix is ambiguous."""
+    if fmt not in ("table", "json"):
+        raise CliError(f"unknown --format {fmt!r}; choose table or json")
+    _print_lookup(_engine(db), ident, fmt)
+
+
+@app.command()
+def purge(
+    older_than_days: Annotated[int | None, typer.Option("--older-than-days",
+                                                        help="default FOUNDRY_TELEMETRY_RETENTION_DAYS or 30")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count only")] = False,
+    db: DbOpt = None,
+) -> None:
+    """Remove per-request rows past retention; daily totals stay."""
+    from rich.progress import Progress
+
+    from .ledger.retention import purge as do_purge
+    from .settings import Settings
+
+    days = older_than_days if older_than_days is not None else Settings.from_env().retention_days
+    if days < 1:
+        raise CliError(f"--older-than-days must be at least 1 (got {days})")
+    engine = _engine(db)
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("purging", total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        result = do_purge(engine, days, dry_run=dry_run, progress=update)
+    verb = "would remove" if dry_run else "removed"
+    extra = f" ({len(result.partitions)} day partitions dropped)" if result.partitions else ""
+    console.print(f"{verb} {result.rows} rows older than {result.cutoff:%Y-%m-%d %H:%M} UTC{extra}")
+
+
+@alerts_app.command("check")
+def alerts_check(
+    window: Annotated[int | None, typer.Option("--window", help="minutes (default 15)")] = None,
+    p95_ms: Annotated[float | None, typer.Option("--p95-ms", help="p95 latency per deployment, ms")] = None,
+    error_rate: Annotated[float | None, typer.Option("--error-rate", help="0-1, all failures")] = None,
+    server_error_rate: Annotated[float | None, typer.Option("--server-error-rate", help="0-1, 5xx")] = None,
+    rate_limit_rate: Annotated[float | None, typer.Option("--rate-limit-rate", help="0-1, 429")] = None,
+    auth_error_rate: Annotated[float | None, typer.Option("--auth-error-rate", help="0-1, 401/403")] = None,
+    cost_per_hour: Annotated[float | None, typer.Option("--cost-per-hour", help="USD budget per hour")] = None,
+    rules: Annotated[Path | None, typer.Option("--rules", help="TOML rule file")] = None,
+    webhook: Annotated[str | None, typer.Option("--webhook", help="POST JSON here when a rule fires")] = None,
+    min_requests: Annotated[int, typer.Option("--min-requests", min=1)] = 1,
+    fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    db: DbOpt = None,
+) -> None:
+    """Evaluate the rules over the last window; exit 1 while any fires."""
+    from .alerts import RuleError, evaluate, load_rules, make_rule, post_webhook
+
+    if fmt not in ("table", "json"):
+        raise CliError(f"unknown --format {fmt!r}; choose table or json")
+    rule_list = []
+    options: dict[str, Any] = {}
+    if rules is not None:
+        rule_list, options = load_rules(rules)
+    flags = {"latency_p95": p95_ms, "error_rate": error_rate, "server_error_rate": server_error_rate,
+             "rate_limit_rate": rate_limit_rate, "auth_error_rate": auth_error_rate, "cost_per_hour": cost_per_hour}
+    for kind, value in flags.items():
+        if value is not None:
+            rule_list.append(make_rule({"kind": kind, "threshold": value, "min_requests": min_requests},
+                                       f"--{kind.replace('_', '-')}"))
+    if not rule_list:
+        raise CliError("no rules: give --p95-ms, --error-rate, --cost-per-hour … or --rules FILE")
+    minutes = window if window is not None else options.get("window_minutes", 15)
+    if minutes < 1:
+        raise CliError(f"--window must be at least 1 minute (got {minutes})")
+    evaluation = evaluate(_engine(db), rule_list, minutes)
+    hook = webhook or options.get("webhook")
+    if fmt == "json":
+        sys.stdout.write(json.dumps(evaluation.as_dict(), indent=2, default=str) + "\n")
+    elif evaluation.firing:
+        for f in evaluation.firing:
+            where = f" on {f.deployment}" if f.deployment else ""
+            console.print(f"[red]FIRING[/red] {f.rule}{where}: {f.value:.4g} > {f.threshold:g} "
+                          f"({f.requests} requests in {minutes} min)")
+    else:
+        console.print(f"[green]ok[/green] {len(rule_list)} rules quiet over the last {minutes} min")
+    if evaluation.firing and hook:
+        try:
+            post_webhook(hook, evaluation)
+        except Exception as exc:  # the alert still fires through the exit code
+            err.print(f"warning: webhook {hook} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    if evaluation.firing:
+        raise typer.Exit(1)
+    _ = RuleError
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOpt = None) -> None:
+    """Apply the Alembic migrations to the ledger."""
+    from .ledger.db import upgrade
+
+    url = _db_url(db, must_exist=False)
+    upgrade(url)
+    console.print(f"ledger at {make_url(url).render_as_string()} is up to date")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .alerts import RuleError
+    from .ledger.db import LedgerError
+    from .pricing import PriceError
+    from .reports.chargeback import ReportError
+    from .reports.period import PeriodError
+
+    expected = (CliError, PeriodError, ReportError, RuleError, PriceError, SettingsError, LedgerError)
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        err.print(f"error: {_one_line(exc)}", markup=False, highlight=False)
+        sys.exit(2)
+    except expected as exc:
+        err.print(f"error: {_one_line(exc)}", markup=False, highlight=False)
+        sys.exit(getattr(exc, "code", 2))
+    except SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None) or exc
+        err.print(f"error: database: {_one_line(orig)}", markup=False, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except OSError as exc:
+        err.print(f"error: {exc.strerror or _one_line(exc)}{': ' + str(exc.filename) if exc.filename else ''}",
+                  markup=False, highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

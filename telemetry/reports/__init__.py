@@ -1,0 +1,1 @@
+"""Reports over the ledger: chargeback (from daily rollups), lookup (by id), HTML."""

@@ -1,0 +1,136 @@
+"""Chargeback: cost and usage grouped by any dimensions, read from `usage_daily` only, so totals are the
+same before and after retention and the time does not grow with the number of raw rows."""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from ..ledger.models import COST_SCALE, UsageDailyRow
+
+DIMENSIONS = ("team", "project", "user", "deployment", "model", "day", "month")
+COUNTERS = ("requests", "errors", "rate_limited", "server_errors", "input_tokens", "output_tokens",
+            "cache_creation_input_tokens", "cache_read_input_tokens", "unpriced")
+
+
+class ReportError(ValueError):
+    pass
+
+
+def parse_by(value: str | None) -> list[str]:
+    if not value:
+        return ["team"]
+    keys = [k.strip().lower() for k in value.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in DIMENSIONS]
+    if unknown:
+        raise ReportError(f"unknown --by key {unknown[0]!r}; choose from {', '.join(DIMENSIONS)}")
+    return list(dict.fromkeys(keys))
+
+
+@dataclass
+class Row:
+    keys: dict[str, str]
+    requests: int = 0
+    errors: int = 0
+    rate_limited: int = 0
+    server_errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    unpriced: int = 0
+    cost_e10: int = 0
+
+    @property
+    def cost_usd(self) -> Decimal:
+        return Decimal(self.cost_e10).scaleb(-COST_SCALE)
+
+    def add(self, other: dict[str, Any]) -> None:
+        for name in (*COUNTERS, "cost_e10"):
+            setattr(self, name, getattr(self, name) + int(other[name] or 0))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.keys, **{k: getattr(self, k) for k in COUNTERS}, "cost_usd": str(self.cost_usd)}
+
+
+@dataclass
+class Report:
+    since: dt.date
+    until: dt.date
+    by: list[str]
+    rows: list[Row]
+    total: Row
+    forecast_usd: Decimal | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "since": self.since.isoformat(), "until": self.until.isoformat(), "by": self.by,
+            "rows": [r.as_dict() for r in self.rows], "total": self.total.as_dict(),
+            "month_end_forecast_usd": str(self.forecast_usd) if self.forecast_usd is not None else None,
+        }
+
+
+def _label(value: Any, dim: str) -> str:
+    if dim == "day":
+        return value.isoformat() if isinstance(value, dt.date) else str(value)[:10]
+    return value or "(none)"
+
+
+def chargeback(engine: Engine, since: dt.date, until: dt.date, by: list[str],
+               today: dt.date | None = None) -> Report:
+    t = UsageDailyRow.__table__
+    sql_dims = list(dict.fromkeys("day" if d == "month" else d for d in by))
+    sums = [func.sum(t.c[name]).label(name) for name in (*COUNTERS, "cost_e10")]
+    stmt = (select(*(t.c[d] for d in sql_dims), *sums)
+            .where(t.c.day >= since, t.c.day <= until)
+            .group_by(*(t.c[d] for d in sql_dims)))
+    grouped: dict[tuple[str, ...], Row] = {}
+    total = Row(keys={d: "TOTAL" for d in by})
+    with engine.connect() as conn:
+        for rec in conn.execute(stmt).mappings():
+            keys = {}
+            for d in by:
+                if d == "month":
+                    day = rec["day"]
+                    keys[d] = (day.isoformat() if isinstance(day, dt.date) else str(day))[:7]
+                else:
+                    keys[d] = _label(rec[d], d)
+            key = tuple(keys[d] for d in by)
+            grouped.setdefault(key, Row(keys=keys)).add(rec)
+            total.add(rec)
+    rows = sorted(grouped.values(), key=lambda r: (-r.cost_e10, tuple(r.keys.values())))
+    if any(d in ("day", "month") for d in by):
+        rows.sort(key=lambda r: tuple(r.keys.values()))
+    report = Report(since, until, by, rows, total)
+    report.forecast_usd = forecast(report, today or dt.datetime.now(dt.UTC).date())
+    if total.unpriced:
+        report.notes.append(f"{total.unpriced} requests have no price (unknown model): their cost is not included")
+    return report
+
+
+def forecast(report: Report, today: dt.date) -> Decimal | None:
+    """Month-end cost from the month-to-date run rate, for reports that start on the 1st of this month."""
+    if report.since != today.replace(day=1) or report.until < today:
+        return None
+    days_in_month = calendar.monthrange(today.year, today.month)[1]
+    elapsed = today.day  # today counts as a (partial) day of spend
+    return (report.total.cost_usd / elapsed * days_in_month).quantize(Decimal("0.01"))
+
+
+def daily_series(engine: Engine, since: dt.date, until: dt.date, dim: str) -> dict[str, dict[str, Decimal]]:
+    """{dim value: {day: cost}} for charts."""
+    t = UsageDailyRow.__table__
+    stmt = (select(t.c.day, t.c[dim], func.sum(t.c.cost_e10))
+            .where(t.c.day >= since, t.c.day <= until).group_by(t.c.day, t.c[dim]))
+    out: dict[str, dict[str, Decimal]] = defaultdict(dict)
+    with engine.connect() as conn:
+        for day, value, cost in conn.execute(stmt):
+            out[value or "(none)"][_label(day, "day")] = Decimal(int(cost or 0)).scaleb(-COST_SCALE)
+    return out

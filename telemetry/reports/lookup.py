@@ -1,0 +1,83 @@
+"""Support lookup: one attempt by `request-id` or `apim-request-id` (or a unique prefix of either)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import Engine, or_, select
+from sqlalchemy.orm import Session
+
+from ..ledger.models import UsageRecordRow
+
+
+class Ambiguous(LookupError):
+    def __init__(self, matches: list[UsageRecordRow]) -> None:
+        super().__init__(f"{len(matches)} rows match")
+        self.matches = matches
+
+
+def find(engine: Engine, ident: str) -> UsageRecordRow | None:
+    ident = ident.strip()
+    t = UsageRecordRow
+    with Session(engine) as session:
+        exact = session.scalars(select(t).where(or_(t.request_id == ident, t.apim_request_id == ident))
+                                .limit(2)).all()
+        if exact:
+            return exact[0]
+        if len(ident) < 6:
+            return None
+        pattern = ident.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        matches = session.scalars(select(t).where(or_(t.request_id.like(pattern, escape="\\"),
+                                                      t.apim_request_id.like(pattern, escape="\\")))
+                                  .limit(10)).all()
+    if len(matches) > 1:
+        raise Ambiguous(list(matches))
+    return matches[0] if matches else None
+
+
+def kql(row: UsageRecordRow) -> str:
+    start = row.created_at - dt.timedelta(minutes=10)
+    end = row.created_at + dt.timedelta(minutes=10)
+    key, value = (("foundry.request_id", row.request_id) if row.request_id
+                  else ("foundry.apim_request_id", row.apim_request_id))
+    return (
+        "dependencies\n"
+        f"| where timestamp between (datetime({start:%Y-%m-%dT%H:%M:%SZ}) .. datetime({end:%Y-%m-%dT%H:%M:%SZ}))\n"
+        f'| where tostring(customDimensions["{key}"]) == "{value}"\n'
+        "| project timestamp, name, duration, success, operation_Id, customDimensions"
+    )
+
+
+def as_dict(row: UsageRecordRow) -> dict[str, Any]:
+    return {
+        "request_id": row.request_id,
+        "apim_request_id": row.apim_request_id,
+        "time": row.created_at.isoformat(),
+        "resource": row.resource,
+        "deployment": row.deployment,
+        "model": row.model,
+        "operation": row.operation,
+        "stream": row.stream,
+        "status_code": row.status_code,
+        "error_type": row.error_type,
+        "error_message": row.error_message,
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "cache_creation_input_tokens": row.cache_creation_input_tokens,
+        "cache_creation_5m_input_tokens": row.cache_creation_5m_input_tokens,
+        "cache_creation_1h_input_tokens": row.cache_creation_1h_input_tokens,
+        "cache_read_input_tokens": row.cache_read_input_tokens,
+        "cost_usd": str(row.cost_usd) if row.cost_usd is not None else None,
+        "latency_ms": round(row.latency_ms, 3) if row.latency_ms is not None else None,
+        "ttft_ms": round(row.ttft_ms, 3) if row.ttft_ms is not None else None,
+        "team": row.team,
+        "project": row.project,
+        "user": row.user,
+        "tags": row.tags,
+        "operation_id": row.operation_id,
+        "attempt": row.attempt,
+        "trace_id": row.trace_id,
+        "span_id": row.span_id,
+        "kql": kql(row),
+    }

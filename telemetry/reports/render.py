@@ -1,0 +1,60 @@
+"""Report output: rich table, CSV (stable header for finance import), JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from decimal import Decimal
+
+from rich.console import Console
+from rich.table import Table
+
+from .chargeback import COUNTERS, Report
+
+CSV_COLUMNS = ("requests", "errors", "input_tokens", "output_tokens", "cache_creation_input_tokens",
+               "cache_read_input_tokens", "cost_usd")
+
+
+def to_csv(report: Report) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*report.by, *CSV_COLUMNS])
+    for row in [*report.rows, report.total]:
+        d = row.as_dict()
+        writer.writerow([*(row.keys[k] for k in report.by), *(d[c] for c in CSV_COLUMNS)])
+    return buf.getvalue()
+
+
+def to_json(report: Report) -> str:
+    return json.dumps(report.as_dict(), indent=2)
+
+
+def _money(value: Decimal) -> str:
+    return f"${value.quantize(Decimal('0.0001')):,}"
+
+
+def to_table(report: Report, console: Console) -> None:
+    table = Table(title=f"Chargeback {report.since} → {report.until}", show_footer=True)
+    for key in report.by:
+        table.add_column(key, footer="TOTAL" if key == report.by[0] else "")
+    t = report.total
+    numeric = {"requests": t.requests, "errors": t.errors, "input_tokens": t.input_tokens,
+               "output_tokens": t.output_tokens, "cache_creation_input_tokens": t.cache_creation_input_tokens,
+               "cache_read_input_tokens": t.cache_read_input_tokens}
+    headers = {"cache_creation_input_tokens": "cache write", "cache_read_input_tokens": "cache read",
+               "input_tokens": "input", "output_tokens": "output"}
+    for name, value in numeric.items():
+        table.add_column(headers.get(name, name), justify="right", footer=f"{value:,}")
+    table.add_column("cost (USD)", justify="right", footer=_money(t.cost_usd))
+    for row in report.rows:
+        table.add_row(*(row.keys[k] for k in report.by), *(f"{getattr(row, n):,}" for n in numeric),
+                      _money(row.cost_usd))
+    console.print(table)
+    if report.forecast_usd is not None:
+        console.print(f"Month-end forecast at the current run rate: [bold]${report.forecast_usd:,}[/bold]")
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+__all__ = ["COUNTERS", "to_csv", "to_json", "to_table"]

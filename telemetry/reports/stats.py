@@ -1,0 +1,68 @@
+"""Per-deployment latency percentiles and error rates over raw rows in a time window (alerts, HTML)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from sqlalchemy import Engine, select
+
+from ..ledger.models import UsageRecordRow
+
+AUTH_ERRORS = {"authentication_error", "permission_error"}
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile: the smallest value with at least q of the values at or below it."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+@dataclass
+class DeploymentStats:
+    deployment: str
+    requests: int = 0
+    errors: int = 0
+    server_errors: int = 0
+    rate_limited: int = 0
+    auth_errors: int = 0
+    cost_usd: Decimal = Decimal(0)
+    latencies: list[float] = field(default_factory=list)
+    error_types: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def p(self, q: float) -> float | None:
+        return percentile(self.latencies, q)
+
+    def rate(self, count: int) -> float:
+        return count / self.requests if self.requests else 0.0
+
+
+def deployment_stats(engine: Engine, start: dt.datetime, end: dt.datetime) -> dict[str, DeploymentStats]:
+    t = UsageRecordRow.__table__
+    stmt = (select(t.c.deployment, t.c.latency_ms, t.c.status_code, t.c.error_type, t.c.cost_usd)
+            .where(t.c.created_at >= start, t.c.created_at < end))
+    out: dict[str, DeploymentStats] = {}
+    with engine.connect() as conn:
+        for deployment, latency, status, error_type, cost in conn.execute(stmt):
+            name = deployment or "(none)"
+            s = out.get(name) or out.setdefault(name, DeploymentStats(name))
+            s.requests += 1
+            status = status or 0
+            if error_type or status >= 400:
+                s.errors += 1
+                s.error_types[error_type or str(status)] += 1
+            s.server_errors += status >= 500
+            s.rate_limited += status == 429
+            s.auth_errors += status in (401, 403) or error_type in AUTH_ERRORS
+            if latency is not None:
+                s.latencies.append(float(latency))
+            if cost is not None:
+                s.cost_usd += Decimal(cost)
+    for s in out.values():
+        s.latencies.sort()
+    return out
