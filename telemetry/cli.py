@@ -41,9 +41,9 @@ def _db_url(db: str | None, *, must_exist: bool) -> str:
     url = db or os.environ.get("FOUNDRY_TELEMETRY_DB_URL") or DEFAULT_DB_URL
     url = normalize_url(url)
     parsed = make_url(url)
-    if must_exist and parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        if not Path(parsed.database).exists():
-            raise CliError(f"no ledger at {parsed.database} (run some traffic, or `foundry-telemetry db upgrade`)")
+    sqlite_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+    if must_exist and sqlite_file and not Path(parsed.database).exists():
+        raise CliError(f"no ledger at {parsed.database} (run some traffic, or `foundry-telemetry db upgrade`)")
     return url
 
 

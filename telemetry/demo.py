@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -76,11 +77,9 @@ def _run_sync(client: AnthropicFoundry, item: dict[str, Any]) -> None:
 
 async def _run_async(client: AsyncAnthropicFoundry, items: list[dict[str, Any]], advance: Any) -> None:
     async def one(item: dict[str, Any]) -> None:
-        with usage_context(team=item["team"], project=item["project"], user=item["user"], tags={"demo": "true"}):
-            try:
-                await client.messages.create(**_kwargs(item))
-            except anthropic.APIError:
-                pass
+        with (usage_context(team=item["team"], project=item["project"], user=item["user"], tags={"demo": "true"}),
+              contextlib.suppress(anthropic.APIError)):
+            await client.messages.create(**_kwargs(item))
         advance()
 
     await asyncio.gather(*(one(item) for item in items))

@@ -304,9 +304,9 @@ def test_raw_httpx_client(tel, emulator, sqlite_url):
 
 async def test_raw_async_httpx_stream(tel, emulator, sqlite_url):
     body = {"model": "batchy", "max_tokens": 16, "messages": MSG, "stream": True}
-    async with tel.async_httpx_client(base_url=emulator.base_url) as http:
-        async with http.stream("POST", "v1/messages", json=body, headers={"x-api-key": API_KEY}) as r:
-            text = "".join([chunk async for chunk in r.aiter_text()])
+    async with (tel.async_httpx_client(base_url=emulator.base_url) as http,
+                http.stream("POST", "v1/messages", json=body, headers={"x-api-key": API_KEY}) as r):
+        text = "".join([chunk async for chunk in r.aiter_text()])
     tel.flush()
     (row,) = rows(sqlite_url)
     assert "message_stop" in text and row.stream and row.error_type is None and row.output_tokens > 0

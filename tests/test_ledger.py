@@ -14,41 +14,20 @@ from pathlib import Path
 
 import pytest
 from anthropic import AnthropicFoundry
-from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from telemetry import Telemetry
 from telemetry.health import Health
 from telemetry.ledger.db import alembic_config, get_engine, upgrade
-from telemetry.ledger.models import UsageDailyRow, UsageRecordRow
 from telemetry.ledger.retention import purge
 from telemetry.ledger.spool import Spool
 from telemetry.ledger.store import LedgerStore
 from telemetry.ledger.writer import LedgerWriter
-from telemetry.record import UsageRecord
 from telemetry.settings import Settings
 
 from .conftest import API_KEY, MSG, rows
+from .helpers import daily_totals, make_record
 from .tcp_proxy import TcpProxy
-
-
-def daily_totals(url: str) -> dict:
-    engine = get_engine(url)
-    t = UsageDailyRow.__table__
-    with engine.connect() as conn:
-        row = conn.execute(select(func.sum(t.c.requests), func.sum(t.c.input_tokens), func.sum(t.c.output_tokens),
-                                  func.sum(t.c.cost_e10))).one()
-    return {"requests": row[0] or 0, "input": row[1] or 0, "output": row[2] or 0, "cost_e10": row[3] or 0}
-
-
-def make_record(i: int, *, days_ago: float = 0, request_id: str | None = "auto", cost: str = "0.0123") -> UsageRecord:
-    return UsageRecord(
-        created_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=days_ago),
-        operation_id=f"op{i}", attempt=0, request_id=f"req_{i}" if request_id == "auto" else request_id,
-        apim_request_id=f"apim-{i}", deployment="claude-sonnet-4-5", model="claude-sonnet-4-5-20250929",
-        status_code=200, input_tokens=10 + i, output_tokens=5, cost_usd=Decimal(cost), latency_ms=12.5,
-        team="search", project="ranker", tags={"k": "v"}, record_id=f"{i:032x}",
-    )
 
 
 def test_migrations_match_models(db_url):

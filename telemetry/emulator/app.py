@@ -33,8 +33,10 @@ DEFAULT_DEPLOYMENTS: dict[str, str] = {
     "usdz-sonnet": "claude-sonnet-4-5-20250929",  # a US Data Zone deployment (priced 1.1x)
     "mystery-model": "claude-experimental-9",  # a model with no published price
 }
-WORDS = ("the quick brown fox jumps over a lazy dog while telemetry counts every token it sees "
-         "and the ledger writes each row exactly once").split()
+WORDS = tuple(
+    "the quick brown fox jumps over a lazy dog while telemetry counts every token it sees and the ledger "
+    "writes each row exactly once".split(" ")
+)
 
 
 def _error_response(status: int, kind: str, message: str, headers: Mapping[str, str]) -> JSONResponse:
@@ -172,8 +174,9 @@ class Emulator:
             "model": self.deployments[model], "content": [{"type": "text", "text": "".join(words)}],
             "stop_reason": stop, "stop_sequence": None, "usage": usage,
         }
-        self.served.append({**ids, "status": 200, "deployment": model, "model": message["model"], "usage": usage,
-                            "stream": bool(body.get("stream")), "fault": fault.kind if fault else None})
+        self.served.append({**ids, "status": 200, "deployment": model, "model": message["model"],
+                            "usage": usage, "stream": bool(body.get("stream")),
+                            "fault": fault.kind if fault else None})
         if fault and fault.kind == "slow" and not body.get("stream"):
             await asyncio.sleep(fault.delay_ms / 1000)
         if body.get("stream"):
