@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from sqlalchemy.engine import make_url
@@ -280,15 +279,20 @@ def main(argv: list[str] | None = None) -> None:
 
     expected = (CliError, PeriodError, ReportError, RuleError, PriceError, SettingsError, LedgerError)
     try:
-        app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+        result = app(args=argv, standalone_mode=False)
+        if isinstance(result, int) and result:
+            sys.exit(result)
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err.print("aborted")
+    except typer.Abort:
+        err.print("error: aborted", markup=False)
         sys.exit(130)
-    except click.ClickException as exc:
-        err.print(f"error: {_one_line(exc)}", markup=False, highlight=False)
-        sys.exit(2)
+    except typer.TyperException as exc:  # usage errors: unknown option, bad value, missing argument
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.exit(2)
+        message = exc.format_message() if hasattr(exc, "format_message") else _one_line(exc)
+        err.print(f"error: {_one_line(Exception(message))}", markup=False, highlight=False)
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
     except expected as exc:
         err.print(f"error: {_one_line(exc)}", markup=False, highlight=False)
         sys.exit(getattr(exc, "code", 2))

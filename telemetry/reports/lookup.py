@@ -25,7 +25,7 @@ def find(engine: Engine, ident: str) -> UsageRecordRow | None:
                                 .limit(2)).all()
         if exact:
             return exact[0]
-        if len(ident) < 6:
+        if len(ident) < 4:
             return None
         pattern = ident.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         matches = session.scalars(select(t).where(or_(t.request_id.like(pattern, escape="\\"),
