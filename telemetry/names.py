@@ -49,6 +49,7 @@ FOUNDRY_PROJECT = "foundry.project"
 FOUNDRY_USER = "foundry.user"
 FOUNDRY_COST_USD = "foundry.cost_usd"
 FOUNDRY_STATUS_CODE = "foundry.status_code"
+FOUNDRY_ERROR_TYPE = "foundry.error_type"  # the Azure Monitor exporter drops `error.type` from customDimensions
 FOUNDRY_CACHE_KIND = "foundry.cache.kind"
 FOUNDRY_PROMPT = "foundry.prompt"
 FOUNDRY_COMPLETION = "foundry.completion"

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -59,3 +63,16 @@ QUIET_ENV = {
     "APPLICATIONINSIGHTS_SDKSTATS_DISABLED": "true",
     "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
 }
+
+
+DRIVER = Path(__file__).with_name("azure_driver.py")
+
+
+def run_driver(tmp_path: Path, connection_string: str) -> dict:
+    """Drive the instrumented SDK in a fresh process with the connection string set."""
+    env = {**os.environ, **QUIET_ENV, "APPLICATIONINSIGHTS_CONNECTION_STRING": connection_string,
+           "FOUNDRY_TELEMETRY_DB_URL": f"sqlite:///{tmp_path / 'ledger.db'}", "TMPDIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, str(DRIVER)], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)

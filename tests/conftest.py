@@ -153,3 +153,13 @@ def rows(url: str) -> list[Any]:
 
 
 MSG = [{"role": "user", "content": "Summarize the quarterly numbers, please."}]
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict]:
+    """What the real Azure Monitor exporters posted for a run of the driver (shared by export and KQL tests)."""
+    from .azure_capture import CaptureServer, run_driver
+
+    with CaptureServer() as server:
+        result = run_driver(tmp_path_factory.mktemp("azure"), server.connection_string())
+    return server, result

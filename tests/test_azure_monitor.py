@@ -3,33 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
-
-from .azure_capture import QUIET_ENV, CaptureServer
-
-DRIVER = Path(__file__).with_name("azure_driver.py")
-
-
-def run_driver(tmp_path: Path, connection_string: str) -> dict:
-    env = {**os.environ, **QUIET_ENV, "APPLICATIONINSIGHTS_CONNECTION_STRING": connection_string,
-           "FOUNDRY_TELEMETRY_DB_URL": f"sqlite:///{tmp_path / 'ledger.db'}", "TMPDIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, str(DRIVER)], env=env, capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).parent.parent)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[CaptureServer, dict]:
-    with CaptureServer() as server:
-        result = run_driver(tmp_path_factory.mktemp("azure"), server.connection_string())
-    return server, result
-
+from .azure_capture import CaptureServer, run_driver
 
 def ours(server: CaptureServer) -> list[dict]:
     return [e for e in server.of_type("RemoteDependencyData")
@@ -50,6 +25,9 @@ def test_one_dependency_per_attempt_with_ids_and_tokens(exported):
             assert int(props["gen_ai.usage.input_tokens"]) == s["usage"]["input_tokens"]
     statuses = sorted(d["data"]["baseData"]["properties"]["foundry.status_code"] for d in deps)
     assert statuses == ["200", "200", "200", "429"]
+    limited = [d for d in deps if d["data"]["baseData"]["properties"]["foundry.status_code"] == "429"][0]
+    assert limited["data"]["baseData"]["properties"]["foundry.error_type"] == "rate_limit_error"
+    assert limited["data"]["baseData"]["success"] is False
     assert all("anthropic" in d["data"]["baseData"]["type"] for d in deps)  # from gen_ai.system, not "N/A"
     assert {d["data"]["baseData"]["properties"]["foundry.team"] for d in deps} == {"search"}
 
