@@ -15,7 +15,7 @@ demo: $(STAMP)
 	$(BIN)/foundry-telemetry demo
 
 test: $(STAMP)
-	$(BIN)/ruff check telemetry tests bench migrations
+	$(BIN)/ruff check telemetry tests bench migrations dashboards
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -6,6 +6,7 @@ import json
 
 from .azure_capture import CaptureServer, run_driver
 
+
 def ours(server: CaptureServer) -> list[dict]:
     return [e for e in server.of_type("RemoteDependencyData")
             if "foundry.operation_id" in e["data"]["baseData"].get("properties", {})]
