@@ -3,7 +3,6 @@ that turns captures into records, prices them, and feeds the sinks."""
 
 from __future__ import annotations
 
-import queue
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -11,6 +10,7 @@ from typing import Protocol
 
 from .capture.parse import build_record
 from .capture.state import AttemptCapture
+from .handoff import Handoff
 from .health import Health
 from .pricing import PriceTable
 from .record import UsageRecord
@@ -38,7 +38,7 @@ class Pipeline:
         self._emit = emit
         self._health = health
         self._capture_content = capture_content
-        self._queue: queue.Queue[AttemptCapture | threading.Event | None] = queue.Queue(queue_size)
+        self._queue: Handoff[AttemptCapture | threading.Event | None] = Handoff(queue_size)
         self._lock = threading.Lock()  # one record at a time, worker or inline
         self._thread = threading.Thread(target=self._run, name="foundry-telemetry-pipeline", daemon=True)
         self._thread.start()
@@ -47,23 +47,23 @@ class Pipeline:
     def submit(self, capture: AttemptCapture) -> None:
         """Called on the request path; O(1), never raises, never blocks."""
         try:
-            self._queue.put_nowait(capture)
-        except queue.Full:
-            # never drop: finish it here, on the caller's thread, rather than lose it
-            self._health.failed("pipeline_queue_full", message="queue full; processing inline")
-            self._process(capture)
+            if not self._queue.put(capture):
+                # never drop: finish it here, on the caller's thread, rather than lose it
+                self._health.failed("pipeline_queue_full", message="queue full; processing inline")
+                self._process(capture)
         except Exception as exc:  # pragma: no cover
             self._health.failed("pipeline_submit", exc)
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            self._process(item)
+            self._queue.wait(1.0)
+            for item in self._queue.drain():
+                if item is None:
+                    return
+                if isinstance(item, threading.Event):
+                    item.set()
+                else:
+                    self._process(item)
 
     def _process(self, capture: AttemptCapture) -> None:
         with self._lock:
@@ -93,7 +93,7 @@ class Pipeline:
         done = threading.Event()
         if not self._thread.is_alive():
             return True
-        self._queue.put(done)
+        self._queue.put_urgent(done)
         ok = done.wait(timeout)
         for sink in self._sinks:
             try:
@@ -106,7 +106,7 @@ class Pipeline:
     def close(self, timeout: float | None = 30.0) -> None:
         self.flush(timeout)
         if self._thread.is_alive():
-            self._queue.put(None)
+            self._queue.put_urgent(None)
             self._thread.join(timeout)
         for sink in self._sinks:
             try:

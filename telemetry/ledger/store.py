@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from sqlalchemy import Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -68,14 +70,31 @@ class LedgerStore:
         self.dialect = engine.dialect.name
         self._partitions: set[dt.date] = set()
         table = UsageRecordRow.__table__
-        self._processors = [table.c[name].type.bind_processor(engine.dialect) for name in RECORD_COLUMNS]
+        # one attrgetter for all columns, processors only where the dialect has one (dates, decimals, JSON)
+        self._get = operator.attrgetter(*(_SOURCE_ATTR.get(c, c) for c in RECORD_COLUMNS))
+        self._processors = [(i, proc) for i, name in enumerate(RECORD_COLUMNS)
+                            if (proc := table.c[name].type.bind_processor(engine.dialect)) is not None]
+        tags_at = RECORD_COLUMNS.index("tags")
+        self._processors = [(i, p) for i, p in self._processors if i != tags_at]
+        self._processors.append((tags_at, self._tags_json))  # as text, for executemany and COPY alike
+        self._tags_memo: dict[tuple[tuple[str, str], ...], str] = {}
 
-    def _row(self, record: UsageRecord) -> tuple[Any, ...]:
-        values = []
-        for name, proc in zip(RECORD_COLUMNS, self._processors, strict=True):
-            value = _value(record, name)
-            values.append(proc(value) if proc is not None else value)
-        return tuple(values)
+    def _tags_json(self, tags: dict[str, str]) -> str:
+        """Most rows share a handful of tag sets: serialize each once."""
+        key = tuple(tags.items())
+        text = self._tags_memo.get(key)
+        if text is None:
+            text = json.dumps(tags, separators=(",", ":"))
+            if len(self._tags_memo) < 4096:
+                self._tags_memo[key] = text
+        return text
+
+    def _row(self, record: UsageRecord) -> list[Any]:
+        values = list(self._get(record))
+        for i, proc in self._processors:
+            if values[i] is not None:
+                values[i] = proc(values[i])
+        return values
 
     def insert(self, records: Sequence[UsageRecord]) -> int:
         """Insert what is new; returns how many rows were new."""
@@ -88,6 +107,30 @@ class LedgerStore:
     # -- SQLite and others -----------------------------------------------------------------------
 
     def _insert_generic(self, records: Sequence[UsageRecord]) -> int:
+        if self.dialect == "sqlite":
+            inserted = self._insert_sqlite_optimistic(records)
+            if inserted is not None:
+                return inserted
+        return self._insert_checked(records)
+
+    def _insert_sqlite_optimistic(self, records: Sequence[UsageRecord]) -> int | None:
+        """The common case, no duplicates: one `INSERT OR IGNORE` pass. If any row was ignored, roll back
+        and let `_insert_checked` work out which rows are new (replays, duplicate request-ids)."""
+        cols = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)
+        sql = f"INSERT OR IGNORE INTO usage_records ({cols}) VALUES ({', '.join('?' for _ in RECORD_COLUMNS)})"
+        with self.engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            conn.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE via the engine hook
+            before = raw.total_changes
+            raw.executemany(sql, [self._row(r) for r in records])
+            if raw.total_changes - before != len(records):
+                conn.rollback()
+                return None
+            self._add_daily(conn, records)
+            conn.commit()
+        return len(records)
+
+    def _insert_checked(self, records: Sequence[UsageRecord]) -> int:
         table = UsageRecordRow.__table__
         with self.engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE (see db.py), so no lock upgrade
             ids = [r.record_id for r in records]
@@ -110,7 +153,7 @@ class LedgerStore:
                 placeholders = ", ".join("?" if self.dialect == "sqlite" else "%s" for _ in RECORD_COLUMNS)
                 cols = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)
                 conn.exec_driver_sql(f"INSERT INTO usage_records ({cols}) VALUES ({placeholders})",
-                                     [self._row(r) for r in new])
+                                     [tuple(self._row(r)) for r in new])
                 self._add_daily(conn, new)
         return len(new)
 
@@ -120,18 +163,31 @@ class LedgerStore:
         ensure_partitions(self.engine, {r.created_at.astimezone(dt.UTC).date() for r in records},
                           self._partitions)
         cols = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)
+        rows = [self._row(r) for r in records]
+        # the common case, no duplicates: COPY straight into the table inside a savepoint
+        with self.engine.begin() as conn:
+            raw = conn.connection.driver_connection
+            try:
+                with raw.transaction(), raw.cursor() as cur, \
+                        cur.copy(f"COPY usage_records ({cols}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            except psycopg.errors.UniqueViolation:
+                pass  # rolled back to the savepoint: take the checked path below
+            else:
+                self._add_daily(conn, records)
+                return len(records)
+        return self._insert_postgresql_checked(records, rows, cols)
+
+    def _insert_postgresql_checked(self, records: Sequence[UsageRecord], rows: list[list[Any]], cols: str) -> int:
         by_id = {r.record_id: r for r in records}
         with self.engine.begin() as conn:
             raw = conn.connection.driver_connection
             with raw.cursor() as cur:
                 cur.execute("CREATE TEMP TABLE IF NOT EXISTS usage_records_staging "
                             "(LIKE usage_records INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-                json_col = RECORD_COLUMNS.index("tags")
                 with cur.copy(f"COPY usage_records_staging ({cols}) FROM STDIN") as copy:
-                    for r in records:
-                        row = list(self._row(r))
-                        if row[json_col] is not None and not isinstance(row[json_col], str):
-                            row[json_col] = json.dumps(row[json_col])
+                    for row in rows:
                         copy.write_row(row)
                 cur.execute(
                     f"INSERT INTO usage_records ({cols}) "

@@ -4,12 +4,12 @@ replay when the database answers again. The caller never waits on SQL."""
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..handoff import Handoff
 from ..health import Health
 from ..record import UsageRecord
 from ..settings import Settings
@@ -28,7 +28,8 @@ class LedgerWriter:
         self.settings = settings
         self.health = health
         self.spool = Spool(settings.resolved_spool_dir)
-        self._queue: queue.Queue[UsageRecord | threading.Event | None] = queue.Queue(settings.queue_size)
+        self._queue: Handoff[UsageRecord | threading.Event | None] = Handoff(settings.queue_size,
+                                                                              wake_at=settings.batch_size)
         self._store: LedgerStore | None = None
         self._next_try = 0.0
         self.written = 0
@@ -40,52 +41,51 @@ class LedgerWriter:
     # -- called from the pipeline thread ---------------------------------------------------------
 
     def write(self, record: UsageRecord) -> None:
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        if not self._queue.put(record):
             self._to_spool([record], "ledger queue full")
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         if not self._thread.is_alive():
             return True
         done = threading.Event()
-        self._queue.put(done)
+        self._queue.put_urgent(done)
         return done.wait(timeout)
 
     def close(self, timeout: float | None = 30.0) -> None:
         if self._thread.is_alive():
-            self._queue.put(None)
+            self._queue.put_urgent(None)
             self._thread.join(timeout)
 
     # -- the writer thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
         batch: list[UsageRecord] = []
-        deadline = None
-        interval = self.settings.batch_interval_s
+        deadline = 0.0
+        interval, size = self.settings.batch_interval_s, self.settings.batch_size
         while True:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not batch and self.spool.pending():
-                timeout = min(timeout or _RETRY_S, _RETRY_S)
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = ...  # timer
-            if isinstance(item, UsageRecord):
-                batch.append(item)
-                if deadline is None:
-                    deadline = time.monotonic() + interval
-                if len(batch) < self.settings.batch_size:
-                    continue
-            # size reached, time reached, flush marker or stop: write what we have
-            if batch:
+            timeout = interval if not batch else max(0.0, deadline - time.monotonic())
+            self._queue.wait(min(timeout, _RETRY_S) if self.spool.pending() else timeout)
+            markers: list[threading.Event] = []
+            stop = False
+            for item in self._queue.drain():
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    markers.append(item)
+                else:
+                    if not batch:
+                        deadline = time.monotonic() + interval
+                    batch.append(item)
+            while len(batch) >= size:  # full batches now
+                self._write(batch[:size])
+                batch = batch[size:]
+            if batch and (markers or stop or time.monotonic() >= deadline):  # the rest when due
                 self._write(batch)
                 batch = []
-                deadline = None
             self._replay()
-            if isinstance(item, threading.Event):
-                item.set()
-            elif item is None:
+            for marker in markers:
+                marker.set()
+            if stop:
                 return
 
     def _connect(self) -> LedgerStore | None:

@@ -1,0 +1,132 @@
+"""Ledger ingest rate through the public path (records handed to the writer until all are durable) next to
+the raw driver writing the same rows into the same table and indexes, in the same run.
+
+SQLite: raw `sqlite3.executemany`. PostgreSQL (when FOUNDRY_TELEMETRY_TEST_PG_URL is set): raw `COPY`.
+Targets: ≥ 0.8× raw on both, while staying idempotent on request-id.
+Usage: python bench/ledger.py [ROWS]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from decimal import Decimal
+
+from sqlalchemy import create_engine, text
+
+from telemetry.health import Health
+from telemetry.ledger.db import get_engine, upgrade
+from telemetry.ledger.store import RECORD_COLUMNS, LedgerStore
+from telemetry.ledger.writer import LedgerWriter
+from telemetry.record import UsageRecord
+from telemetry.settings import Settings
+
+
+def records(n: int) -> list[UsageRecord]:
+    now = dt.datetime.now(dt.UTC)
+    out = []
+    for i in range(n):
+        out.append(UsageRecord(
+            created_at=now - dt.timedelta(seconds=i % 3600), operation_id=uuid.uuid4().hex, attempt=0,
+            request_id=f"req_{uuid.uuid4().hex[:24]}", apim_request_id=str(uuid.uuid4()),
+            deployment=("claude-sonnet-4-5", "my-claude", "batchy")[i % 3], model="claude-sonnet-4-5-20250929",
+            status_code=200, input_tokens=100 + i % 50, output_tokens=40, cost_usd=Decimal("0.0009000000"),
+            latency_ms=420.0, team=("search", "support", "finance")[i % 3], project="p", tags={"f": "x"},
+            record_id=uuid.uuid4().hex))
+    return out
+
+
+def through_writer(url: str, rows: list[UsageRecord], tmp: str) -> float:
+    writer = LedgerWriter(Settings(db_url=url, spool_dir=f"{tmp}/spool-{uuid.uuid4().hex[:6]}",
+                                   queue_size=len(rows) + 10, batch_size=2000), Health())
+    writer.flush(60)  # connect and upgrade before the clock starts
+    t = time.perf_counter()
+    for r in rows:
+        writer.write(r)
+    writer.flush(600)
+    elapsed = time.perf_counter() - t
+    writer.close()
+    assert writer.spool.pending() == 0 and writer.written == len(rows), "rows were spooled: not a clean run"
+    return elapsed
+
+
+def sqlite_raw(path: str, rows: list[UsageRecord]) -> float:
+    store = LedgerStore(get_engine(f"sqlite:///{path}"))
+    params = [store._row(r) for r in rows]  # noqa: SLF001 - the same values, converted outside the clock
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    cols = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)
+    sql = f"INSERT INTO usage_records ({cols}) VALUES ({', '.join('?' for _ in RECORD_COLUMNS)})"
+    t = time.perf_counter()
+    for i in range(0, len(params), 2000):
+        conn.executemany(sql, params[i:i + 2000])
+        conn.commit()
+    elapsed = time.perf_counter() - t
+    conn.close()
+    return elapsed
+
+
+def pg_raw(url: str, rows: list[UsageRecord]) -> float:
+    import json
+
+    store = LedgerStore(get_engine(url))
+    params = [list(store._row(r)) for r in rows]  # noqa: SLF001
+    j = RECORD_COLUMNS.index("tags")
+    for p in params:
+        p[j] = json.dumps(p[j]) if not isinstance(p[j], str) else p[j]
+    engine = get_engine(url)
+    cols = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)
+    t = time.perf_counter()
+    with engine.begin() as conn:
+        cur = conn.connection.driver_connection.cursor()
+        for i in range(0, len(params), 2000):
+            with cur.copy(f"COPY usage_records ({cols}) FROM STDIN") as copy:
+                for p in params[i:i + 2000]:
+                    copy.write_row(p)
+    return time.perf_counter() - t
+
+
+def fresh_pg(base: str) -> str:
+    name = "bench_" + uuid.uuid4().hex[:8]
+    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return base.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{name}"
+
+
+def report(label: str, n: int, ours: float, raw: float, raw_label: str) -> None:
+    print(f"{label:10} public path {n / ours:10,.0f} rows/s   {raw_label} {n / raw:10,.0f} rows/s   "
+          f"ratio {raw / ours:5.2f}")
+
+
+def main(n: int = 50_000) -> None:
+    tmp = tempfile.mkdtemp()
+    print(f"{n:,} rows, three lookup indexes kept (request_id unique, apim_request_id, created_at)")
+    ours_path, raw_path = f"{tmp}/ours.db", f"{tmp}/raw.db"
+    for path in (ours_path, raw_path):
+        upgrade(f"sqlite:///{path}")
+    report("SQLite", n, through_writer(f"sqlite:///{ours_path}", records(n), tmp),
+           sqlite_raw(raw_path, records(n)), "raw executemany")
+    base = os.environ.get("FOUNDRY_TELEMETRY_TEST_PG_URL")
+    if base:
+        ours_url, raw_url = fresh_pg(base), fresh_pg(base)
+        for url in (ours_url, raw_url):
+            upgrade(url)
+            from telemetry.ledger.db import ensure_partitions
+
+            ensure_partitions(get_engine(url), {(dt.datetime.now(dt.UTC) - dt.timedelta(days=d)).date()
+                                                for d in range(2)}, set())
+        report("PostgreSQL", n, through_writer(ours_url, records(n), tmp), pg_raw(raw_url, records(n)), "raw COPY")
+    else:
+        print("PostgreSQL skipped: set FOUNDRY_TELEMETRY_TEST_PG_URL (e.g. $(bash .ci/pg-up.sh))")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 50_000)
