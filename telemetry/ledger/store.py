@@ -10,9 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import operator
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -31,11 +29,16 @@ DAILY_SUMS = (
     "cache_creation_input_tokens", "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens",
     "cache_read_input_tokens", "cost_e10", "unpriced", "latency_ms_sum",
 )
-_E10 = Decimal(10) ** COST_SCALE
 
 
 def _value(record: UsageRecord, column: str) -> Any:
     return getattr(record, _SOURCE_ATTR.get(column, column))
+
+
+def _naive_utc(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        return value
+    return (value if value.tzinfo is dt.UTC else value.astimezone(dt.UTC)).replace(tzinfo=None)
 
 
 def is_error(record: UsageRecord) -> bool:
@@ -43,25 +46,34 @@ def is_error(record: UsageRecord) -> bool:
 
 
 def daily_increments(records: Iterable[UsageRecord]) -> list[dict[str, Any]]:
-    totals: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(lambda: dict.fromkeys(DAILY_SUMS, 0))
+    """Per (day, team, project, user, deployment, model): the sums `usage_daily` adds up."""
+    totals: dict[tuple[Any, ...], list[Any]] = {}
+    utc = dt.UTC
     for r in records:
-        key = (r.created_at.astimezone(dt.UTC).date(), r.team or "", r.project or "", r.user or "",
-               r.deployment or "", r.model or "")
-        t = totals[key]
-        t["requests"] += 1
-        t["errors"] += is_error(r)
-        t["rate_limited"] += r.status_code == 429 or r.error_type == "rate_limit_error"
-        t["server_errors"] += (r.status_code or 0) >= 500
-        for name in ("input_tokens", "output_tokens", "cache_creation_input_tokens",
-                     "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens",
-                     "cache_read_input_tokens"):
-            t[name] += getattr(r, name)
+        created = r.created_at
+        day = (created if created.tzinfo is utc else created.astimezone(utc)).date()
+        key = (day, r.team or "", r.project or "", r.user or "", r.deployment or "", r.model or "")
+        t = totals.get(key)
+        if t is None:
+            t = totals[key] = [0] * 12 + [0.0]
+        status = r.status_code or 0
+        t[0] += 1
+        t[1] += r.error_type is not None or status >= 400
+        t[2] += status == 429 or r.error_type == "rate_limit_error"
+        t[3] += status >= 500
+        t[4] += r.input_tokens
+        t[5] += r.output_tokens
+        t[6] += r.cache_creation_input_tokens
+        t[7] += r.cache_creation_5m_input_tokens
+        t[8] += r.cache_creation_1h_input_tokens
+        t[9] += r.cache_read_input_tokens
         if r.cost_usd is None:
-            t["unpriced"] += 1
+            t[11] += 1
         else:
-            t["cost_e10"] += int(r.cost_usd * _E10)
-        t["latency_ms_sum"] += r.latency_ms or 0.0
-    return [dict(zip(DAILY_DIMS, key, strict=True), **sums) for key, sums in totals.items()]
+            t[10] += int(r.cost_usd.scaleb(COST_SCALE))
+        t[12] += r.latency_ms or 0.0
+    return [dict(zip(DAILY_DIMS, key, strict=True), **dict(zip(DAILY_SUMS, sums, strict=True)))
+            for key, sums in totals.items()]
 
 
 class LedgerStore:
@@ -74,6 +86,12 @@ class LedgerStore:
         self._get = operator.attrgetter(*(_SOURCE_ATTR.get(c, c) for c in RECORD_COLUMNS))
         self._processors = [(i, proc) for i, name in enumerate(RECORD_COLUMNS)
                             if (proc := table.c[name].type.bind_processor(engine.dialect)) is not None]
+        if self.dialect == "sqlite":  # what UTCDateTime binds (naive UTC), minus the TypeDecorator call chain
+            at = RECORD_COLUMNS.index("created_at")
+            reference = table.c.created_at.type.bind_processor(engine.dialect)
+            probe = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
+            if reference is not None and reference(probe) == _naive_utc(probe):
+                self._processors = [(i, p) for i, p in self._processors if i != at] + [(at, _naive_utc)]
         tags_at = RECORD_COLUMNS.index("tags")
         self._processors = [(i, p) for i, p in self._processors if i != tags_at]
         self._processors.append((tags_at, self._tags_json))  # as text, for executemany and COPY alike
