@@ -51,7 +51,8 @@ def main(n: int = 400) -> None:
                 results["stream"][name].append(time.perf_counter() - t)
         tel.flush()
         print(f"{n} calls each, emulator in another process, SDK tracing off on both clients")
-        print(f"{'mode':8} {'raw med ms':>11} {'inst med ms':>12} {'ratio':>7} {'raw p99':>9} {'inst p99':>9} {'ratio':>7}")
+        print(f"{'mode':8} {'raw med ms':>11} {'inst med ms':>12} {'ratio':>7} "
+              f"{'raw p99':>9} {'inst p99':>9} {'ratio':>7}")
         for mode, r in results.items():
             rm, im = statistics.median(r["raw"]) * 1e3, statistics.median(r["inst"]) * 1e3
             rp, ip = p99(r["raw"]) * 1e3, p99(r["inst"]) * 1e3

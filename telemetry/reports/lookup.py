@@ -21,10 +21,11 @@ def find(engine: Engine, ident: str) -> UsageRecordRow | None:
     ident = ident.strip()
     t = UsageRecordRow
     with Session(engine) as session:
-        exact = session.scalars(select(t).where(or_(t.request_id == ident, t.apim_request_id == ident))
-                                .limit(2)).all()
-        if exact:
-            return exact[0]
+        # one index at a time: on a day-partitioned table an OR probes every partition's two indexes
+        for column in (t.request_id, t.apim_request_id):
+            exact = session.scalars(select(t).where(column == ident).limit(1)).first()
+            if exact is not None:
+                return exact
         if len(ident) < 4:
             return None
         pattern = ident.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
