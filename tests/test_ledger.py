@@ -164,6 +164,16 @@ def test_sigterm_loses_nothing(db_url, tmp_path):
     assert len(rows(db_url)) == 25
 
 
+EXIT_DRIVER = SIGTERM_DRIVER.replace('print("ready", flush=True)\n    time.sleep(120)', "pass  # no flush, no shutdown")
+
+
+def test_interpreter_exit_flushes(db_url, tmp_path):
+    upgrade(db_url)
+    env = {**os.environ, "FOUNDRY_TELEMETRY_DB_URL": db_url, "FOUNDRY_TELEMETRY_SPOOL_DIR": str(tmp_path / "sp")}
+    assert subprocess.run([sys.executable, "-c", EXIT_DRIVER], env=env, timeout=120).returncode == 0
+    assert len(rows(db_url)) == 25
+
+
 def test_purge_keeps_29_days_drops_31_and_daily_totals(db_url):
     upgrade(db_url)
     store = LedgerStore(get_engine(db_url))
