@@ -8,13 +8,14 @@ import datetime as dt
 import json
 import tomllib
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import Engine
 
+from .numbers import non_negative_decimal
 from .reports.stats import DeploymentStats, deployment_stats
 
 KINDS = {
@@ -69,15 +70,7 @@ class Evaluation:
 
 
 def _number(value: Any, where: str) -> Decimal:
-    if isinstance(value, bool):
-        raise RuleError(f"{where}: {value!r} is not a number")
-    try:
-        result = Decimal(str(value))
-    except InvalidOperation:
-        raise RuleError(f"{where}: {value!r} is not a number") from None
-    if not result.is_finite() or result < 0:
-        raise RuleError(f"{where}: {value!r} must be a non-negative number")
-    return result
+    return non_negative_decimal(value, where, RuleError)
 
 
 def make_rule(spec: dict[str, Any], where: str) -> Rule:

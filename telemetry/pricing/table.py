@@ -6,11 +6,12 @@ import logging
 import re
 import tomllib
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..numbers import non_negative_decimal
 from ..record import UsageRecord
 
 log = logging.getLogger("telemetry")
@@ -50,15 +51,7 @@ class Deployment:
 
 
 def _decimal(value: Any, where: str) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise PriceError(f"{where}: expected a number, got {value!r}")
-    try:
-        result = Decimal(str(value))
-    except InvalidOperation:
-        raise PriceError(f"{where}: {value!r} is not a number") from None
-    if not result.is_finite() or result < 0:
-        raise PriceError(f"{where}: {value!r} must be a non-negative number")
-    return result
+    return non_negative_decimal(value, where, PriceError)
 
 
 def _rates(spec: Any, where: str) -> Rates:
