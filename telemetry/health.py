@@ -19,7 +19,9 @@ class Health:
             self.failures[kind] += 1
             first = self.failures[kind] == 1
         if first:
-            detail = message or (f"{type(exc).__name__}: {exc}" if exc else "")
+            # first line only: driver errors carry the SQL and its parameters on later lines
+            text = (str(exc).strip().splitlines() or [""])[0][:300] if exc else ""
+            detail = message or (f"{type(exc).__name__}: {text}" if exc else "")
             log.warning("foundry-telemetry: %s failed (%s); counting further failures silently", kind, detail)
 
     def snapshot(self) -> dict[str, int]:
