@@ -91,7 +91,7 @@ def emulator(
 def report(
     since: Annotated[str | None, typer.Option(help="YYYY-MM-DD, 7d, 4w, today or mtd (default 30d)")] = None,
     until: Annotated[str | None, typer.Option(help="YYYY-MM-DD (inclusive, default today)")] = None,
-    by: Annotated[str, typer.Option(help="team,project,user,deployment,model,day,month")] = "team",
+    by: Annotated[str, typer.Option(help="team,project,user,deployment,model,day,month,tag:NAME")] = "team",
     fmt: Annotated[str, typer.Option("--format", help="table, csv, json or html")] = "table",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file")] = None,
     db: DbOpt = None,

@@ -89,9 +89,24 @@ def test_report_table_json_and_month(seeded):
     assert mtd["month_end_forecast_usd"] is not None and Decimal(mtd["month_end_forecast_usd"]) > 0
 
 
+def test_report_by_tag(seeded):
+    out = cli("report", "--db", seeded, "--since", "60d", "--by", "tag:feature,team", "--format", "csv")
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert list(rows[0])[:2] == ["tag:feature", "team"]
+    assert {r["tag:feature"] for r in rows[:-1]} == {XSS, "(none)"}  # intact in CSV; (none): no such tag
+    data = json.loads(cli("report", "--db", seeded, "--since", "60d", "--by", "tag:feature", "--format",
+                          "json").stdout)
+    assert {r["tag:feature"] for r in data["rows"]} == {XSS, "(none)"}
+    assert sum(r["requests"] for r in data["rows"]) == 31
+    bad = cli("report", "--db", seeded, "--by", "tag:")
+    assert bad.returncode == 2 and "tag name" in bad.stderr
+
+
 def test_html_escapes_and_is_self_contained(seeded, tmp_path):
     out_file = tmp_path / "r.html"
-    out = cli("report", "--db", seeded, "--since", "60d", "--by", "team", "--format", "html", "-o", str(out_file))
+    out = cli("report", "--db", seeded, "--since", "60d", "--by", "tag:feature,team", "--format", "html",
+              "-o", str(out_file))
     assert out.returncode == 0, out.stderr
     html = out_file.read_text()
     assert XSS not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html

@@ -73,6 +73,7 @@ def upgrade() -> None:
         sa.Column("user", sa.String(128), nullable=False),
         sa.Column("deployment", sa.String(128), nullable=False),
         sa.Column("model", sa.String(128), nullable=False),
+        sa.Column("tags", sa.String(1024), nullable=False),
         sa.Column("requests", sa.BigInteger(), nullable=False),
         sa.Column("errors", sa.BigInteger(), nullable=False),
         sa.Column("rate_limited", sa.BigInteger(), nullable=False),
@@ -86,7 +87,8 @@ def upgrade() -> None:
         sa.Column("cost_e10", sa.BigInteger(), nullable=False),
         sa.Column("unpriced", sa.BigInteger(), nullable=False),
         sa.Column("latency_ms_sum", sa.Float(), nullable=False),
-        sa.PrimaryKeyConstraint("day", "team", "project", "user", "deployment", "model", name="pk_usage_daily"),
+        sa.PrimaryKeyConstraint("day", "team", "project", "user", "deployment", "model", "tags",
+                                name="pk_usage_daily"),
     )
 
     if op.get_bind().dialect.name == "postgresql":

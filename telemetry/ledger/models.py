@@ -139,6 +139,7 @@ class UsageDailyRow(Base):
     user: Mapped[str] = mapped_column(String(128), primary_key=True, default="")
     deployment: Mapped[str] = mapped_column(String(128), primary_key=True, default="")
     model: Mapped[str] = mapped_column(String(128), primary_key=True, default="")
+    tags: Mapped[str] = mapped_column(String(1024), primary_key=True, default="")  # canonical JSON, "" if none
     requests: Mapped[int] = mapped_column(BigInteger, default=0)
     errors: Mapped[int] = mapped_column(BigInteger, default=0)
     rate_limited: Mapped[int] = mapped_column(BigInteger, default=0)

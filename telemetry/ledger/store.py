@@ -23,7 +23,8 @@ from .models import COST_SCALE, UsageDailyRow, UsageRecordRow
 
 RECORD_COLUMNS = [c.name for c in UsageRecordRow.__table__.columns]
 _SOURCE_ATTR = {"id": "record_id"}
-DAILY_DIMS = ("day", "team", "project", "user", "deployment", "model")
+DAILY_DIMS = ("day", "team", "project", "user", "deployment", "model", "tags")
+MAX_TAGS_KEY = 1024
 DAILY_SUMS = (
     "requests", "errors", "rate_limited", "server_errors", "input_tokens", "output_tokens",
     "cache_creation_input_tokens", "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens",
@@ -45,14 +46,27 @@ def is_error(record: UsageRecord) -> bool:
     return record.error_type is not None or (record.status_code or 0) >= 400
 
 
+def tags_key(tags: dict[str, str] | None) -> str:
+    """Canonical JSON of a tag set, the rollup's `tags` dimension ("" when none, or too long to key on)."""
+    if not tags:
+        return ""
+    text = json.dumps(tags, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text if len(text) <= MAX_TAGS_KEY else ""
+
+
 def daily_increments(records: Iterable[UsageRecord]) -> list[dict[str, Any]]:
-    """Per (day, team, project, user, deployment, model): the sums `usage_daily` adds up."""
+    """Per (day, team, project, user, deployment, model, tags): the sums `usage_daily` adds up."""
     totals: dict[tuple[Any, ...], list[Any]] = {}
     utc = dt.UTC
+    memo: dict[tuple[tuple[str, str], ...], str] = {}
     for r in records:
         created = r.created_at
         day = (created if created.tzinfo is utc else created.astimezone(utc)).date()
-        key = (day, r.team or "", r.project or "", r.user or "", r.deployment or "", r.model or "")
+        items = tuple(r.tags.items()) if r.tags else ()
+        tags = memo.get(items)
+        if tags is None:
+            tags = memo[items] = tags_key(r.tags)
+        key = (day, r.team or "", r.project or "", r.user or "", r.deployment or "", r.model or "", tags)
         t = totals.get(key)
         if t is None:
             t = totals[key] = [0] * 12 + [0.0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -24,13 +25,26 @@ class ReportError(ValueError):
 
 
 def parse_by(value: str | None) -> list[str]:
+    """Dimension names, plus `tag:KEY` for a usage_context tag."""
     if not value:
         return ["team"]
-    keys = [k.strip().lower() for k in value.split(",") if k.strip()]
-    unknown = [k for k in keys if k not in DIMENSIONS]
-    if unknown:
-        raise ReportError(f"unknown --by key {unknown[0]!r}; choose from {', '.join(DIMENSIONS)}")
+    keys = []
+    for raw in (k.strip() for k in value.split(",")):
+        if not raw:
+            continue
+        if raw.lower().startswith("tag:"):
+            if not raw[4:].strip():
+                raise ReportError("--by tag: needs a tag name, e.g. tag:feature")
+            keys.append("tag:" + raw[4:].strip())
+        elif raw.lower() in DIMENSIONS:
+            keys.append(raw.lower())
+        else:
+            raise ReportError(f"unknown --by key {raw!r}; choose from {', '.join(DIMENSIONS)} or tag:NAME")
     return list(dict.fromkeys(keys))
+
+
+def _sql_dim(dim: str) -> str:
+    return "day" if dim == "month" else "tags" if dim.startswith("tag:") else dim
 
 
 @dataclass
@@ -86,7 +100,8 @@ def _label(value: Any, dim: str) -> str:
 def chargeback(engine: Engine, since: dt.date, until: dt.date, by: list[str],
                today: dt.date | None = None) -> Report:
     t = UsageDailyRow.__table__
-    sql_dims = list(dict.fromkeys("day" if d == "month" else d for d in by))
+    sql_dims = list(dict.fromkeys(_sql_dim(d) for d in by))
+    tag_values: dict[str, dict[str, Any]] = {}
     sums = [func.sum(t.c[name]).label(name) for name in (*COUNTERS, "cost_e10")]
     stmt = (select(*(t.c[d] for d in sql_dims), *sums)
             .where(t.c.day >= since, t.c.day <= until)
@@ -100,6 +115,12 @@ def chargeback(engine: Engine, since: dt.date, until: dt.date, by: list[str],
                 if d == "month":
                     day = rec["day"]
                     keys[d] = (day.isoformat() if isinstance(day, dt.date) else str(day))[:7]
+                elif d.startswith("tag:"):
+                    raw = rec["tags"] or ""
+                    parsed = tag_values.get(raw)
+                    if parsed is None:
+                        parsed = tag_values[raw] = json.loads(raw) if raw else {}
+                    keys[d] = str(parsed.get(d[4:], "(none)"))
                 else:
                     keys[d] = _label(rec[d], d)
             key = tuple(keys[d] for d in by)
