@@ -215,7 +215,7 @@ def alerts_check(
     db: DbOpt = None,
 ) -> None:
     """Evaluate the rules over the last window; exit 1 while any fires."""
-    from .alerts import RuleError, evaluate, load_rules, make_rule, post_webhook
+    from .alerts import evaluate, load_rules, make_rule, post_webhook
 
     if fmt not in ("table", "json"):
         raise CliError(f"unknown --format {fmt!r}; choose table or json")
@@ -252,7 +252,6 @@ def alerts_check(
             err.print(f"warning: webhook {hook} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
     if evaluation.firing:
         raise typer.Exit(1)
-    _ = RuleError
 
 
 @db_app.command("upgrade")
