@@ -253,6 +253,8 @@ def test_cache_tokens_recorded_apart(client, tel, sqlite_url, otel):
                               + write.output_tokens * Decimal(15)) / m
     span = otel.ours()[1]
     assert span.attributes["gen_ai.usage.input_tokens"] == read.input_tokens + read.cache_read_input_tokens
+    cache = {p.attributes["foundry.cache.kind"]: p.value for p in otel.points("foundry.client.cache_tokens")}
+    assert cache == {"write_1h": write.cache_creation_1h_input_tokens, "read": read.cache_read_input_tokens}
     assert span.attributes["gen_ai.usage.cache_read.input_tokens"] == read.cache_read_input_tokens
 
 
