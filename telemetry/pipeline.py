@@ -38,7 +38,8 @@ class Pipeline:
         self._emit = emit
         self._health = health
         self._capture_content = capture_content
-        self._queue: Handoff[AttemptCapture | threading.Event | None] = Handoff(queue_size)
+        # wake for a batch, not per call: each wake-up is a thread switch and a GIL hand-off the caller pays for
+        self._queue: Handoff[AttemptCapture | threading.Event | None] = Handoff(queue_size, wake_at=256)
         self._lock = threading.Lock()  # one record at a time, worker or inline
         self._thread = threading.Thread(target=self._run, name="foundry-telemetry-pipeline", daemon=True)
         self._thread.start()
@@ -56,7 +57,7 @@ class Pipeline:
 
     def _run(self) -> None:
         while True:
-            self._queue.wait(1.0)
+            self._queue.wait(0.1)
             for item in self._queue.drain():
                 if item is None:
                     return

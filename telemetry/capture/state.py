@@ -16,6 +16,7 @@ from ..context import Attribution
 log = logging.getLogger("telemetry")
 
 _DELTA = b"content_block_delta"
+_KEPT_HEADERS = ("request-id", "apim-request-id", "content-encoding", "content-type")
 
 
 @dataclass(slots=True)
@@ -57,12 +58,9 @@ class AttemptCapture:
         self.status_code = status_code
         self.url = url
         try:
-            # keep only what we use; never the request's auth headers (these are response headers)
-            self.headers = {
-                k: headers[k]
-                for k in ("request-id", "apim-request-id", "content-encoding", "content-type")
-                if k in headers
-            }
+            # keep only what we use (these are response headers: no auth ever passes here)
+            get = headers.get
+            self.headers = {k: v for k in _KEPT_HEADERS if (v := get(k)) is not None}
         except Exception:  # a strange header mapping must not break the call
             self.headers = {}
 
