@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 
 from telemetry.health import Health
 from telemetry.ledger.db import get_engine, upgrade
-from telemetry.ledger.store import RECORD_COLUMNS, LedgerStore
+from telemetry.ledger.store import RECORD_COLUMNS
 from telemetry.ledger.writer import LedgerWriter
 from telemetry.record import UsageRecord
 from telemetry.settings import Settings
@@ -91,17 +91,27 @@ def sqlite_raw(path: str, rows: list[UsageRecord], convert_inside: bool) -> floa
     return elapsed
 
 
-def pg_raw(url: str, rows: list[UsageRecord]) -> float:
+def pg_raw(url: str, rows: list[UsageRecord], convert_inside: bool) -> float:
     import json
+    import operator
 
-    store = LedgerStore(get_engine(url))
-    params = [list(store._row(r)) for r in rows]  # noqa: SLF001 - converted outside the clock
+    get = operator.attrgetter(*("record_id" if c == "id" else c for c in RECORD_COLUMNS))
     j = RECORD_COLUMNS.index("tags")
-    for p in params:
-        p[j] = json.dumps(p[j]) if not isinstance(p[j], str) else p[j]
+
+    def convert() -> list[list]:
+        out = []
+        for r in rows:
+            v = list(get(r))
+            v[j] = json.dumps(v[j])
+            out.append(v)
+        return out
+
+    params = None if convert_inside else convert()
     engine = get_engine(url)
     cols = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)
     t = time.perf_counter()
+    if params is None:
+        params = convert()
     for i in range(0, len(params), 2000):  # one transaction per batch, as durable as the writer's batches
         with engine.begin() as conn:
             cur = conn.connection.driver_connection.cursor()
@@ -136,15 +146,16 @@ def main(n: int = 50_000) -> None:
     report("SQLite", n, ours, sqlite_raw(raw2_path, records(n), False), "raw executemany, tuples prebuilt")
     base = os.environ.get("FOUNDRY_TELEMETRY_TEST_PG_URL")
     if base:
-        ours_url, raw_url = fresh_pg(base), fresh_pg(base)
-        for url in (ours_url, raw_url):
+        ours_url, raw_url, raw2_url = fresh_pg(base), fresh_pg(base), fresh_pg(base)
+        for url in (ours_url, raw_url, raw2_url):
             upgrade(url)
             from telemetry.ledger.db import ensure_partitions
 
             ensure_partitions(get_engine(url), {(dt.datetime.now(dt.UTC) - dt.timedelta(days=d)).date()
                                                 for d in range(2)}, set())
-        report("PostgreSQL", n, through_writer(ours_url, records(n), tmp), pg_raw(raw_url, records(n)),
-               "raw COPY, rows prebuilt")
+        ours = through_writer(ours_url, records(n), tmp)
+        report("PostgreSQL", n, ours, pg_raw(raw_url, records(n), True), "raw COPY, records → rows")
+        report("PostgreSQL", n, ours, pg_raw(raw2_url, records(n), False), "raw COPY, rows prebuilt")
     else:
         print("PostgreSQL skipped: set FOUNDRY_TELEMETRY_TEST_PG_URL (e.g. $(bash .ci/pg-up.sh))")
 
