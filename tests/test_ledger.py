@@ -232,3 +232,22 @@ def test_full_queue_spills_to_spool_not_dropped(db_url, tmp_path):
     writer.flush(30)
     writer.close()
     assert len(rows(db_url)) == 5
+
+
+def test_database_and_disk_both_down_is_counted_not_raised(emulator, otel, tmp_path, caplog):
+    import logging
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the spool folder should be")
+    tel = Telemetry(db_url="postgresql+psycopg://nobody@127.0.0.1:9/none", spool_dir=str(blocker / "spool"),
+                    batch_interval_s=0.05, tracer_provider=otel.tracer_provider,
+                    meter_provider=otel.meter_provider)
+    client = tel.instrument(AnthropicFoundry(api_key=API_KEY, base_url=emulator.base_url))
+    with caplog.at_level(logging.WARNING, logger="telemetry"):
+        for _ in range(3):
+            assert client.messages.create(model="claude-haiku-4-5", max_tokens=8, messages=MSG).content
+        tel.flush(10)
+    failures = tel.health.snapshot()
+    tel.shutdown(5)
+    assert failures.get("ledger_connect", 0) >= 1 and failures.get("spool_write", 0) >= 1
+    assert API_KEY not in caplog.text

@@ -36,8 +36,8 @@ def _money(value: Decimal) -> str:
 
 def to_table(report: Report, console: Console) -> None:
     table = Table(title=f"Chargeback {report.since} → {report.until}", show_footer=True)
-    for key in report.by:
-        table.add_column(key, footer="TOTAL" if key == report.by[0] else "")
+    for key in report.by:  # names fold rather than vanish behind an ellipsis on narrow terminals
+        table.add_column(key, footer="TOTAL" if key == report.by[0] else "", overflow="fold", min_width=8)
     t = report.total
     numeric = {"requests": t.requests, "errors": t.errors, "input_tokens": t.input_tokens,
                "output_tokens": t.output_tokens, "cache_creation_input_tokens": t.cache_creation_input_tokens,
