@@ -7,6 +7,7 @@ import io
 import json
 from decimal import Decimal
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -35,18 +36,20 @@ def _money(value: Decimal) -> str:
 
 
 def to_table(report: Report, console: Console) -> None:
-    table = Table(title=f"Chargeback {report.since} → {report.until}", show_footer=True)
+    table = Table(title=f"Chargeback {report.since} → {report.until}", show_footer=True, box=box.SIMPLE_HEAD,
+                  pad_edge=False)
     for key in report.by:  # names fold rather than vanish behind an ellipsis on narrow terminals
-        table.add_column(key, footer="TOTAL" if key == report.by[0] else "", overflow="fold", min_width=8)
+        table.add_column(key, footer="TOTAL" if key == report.by[0] else "", overflow="fold", min_width=6)
     t = report.total
     numeric = {"requests": t.requests, "errors": t.errors, "input_tokens": t.input_tokens,
                "output_tokens": t.output_tokens, "cache_creation_input_tokens": t.cache_creation_input_tokens,
                "cache_read_input_tokens": t.cache_read_input_tokens}
-    headers = {"cache_creation_input_tokens": "cache write", "cache_read_input_tokens": "cache read",
-               "input_tokens": "input", "output_tokens": "output"}
+    headers = {"requests": "calls", "cache_creation_input_tokens": "cache wr", "cache_read_input_tokens": "cache rd",
+               "input_tokens": "in tok", "output_tokens": "out tok"}
     for name, value in numeric.items():
         table.add_column(headers.get(name, name), justify="right", footer=f"{value:,}")
-    table.add_column("cost (USD)", justify="right", footer=_money(t.cost_usd))
+    table.add_column("USD", justify="right", footer=_money(t.cost_usd), no_wrap=True,
+                     min_width=len(_money(t.cost_usd)))
     for row in report.rows:
         table.add_row(*(row.keys[k] for k in report.by), *(f"{getattr(row, n):,}" for n in numeric),
                       _money(row.cost_usd))
