@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, delete, func, select, text
 
-from .db import partition_ddl, partition_name
+from .db import ensure_partitions
 from .models import UsageRecordRow
 
 _PARTITION = re.compile(r"^usage_records_(\d{8})$")
@@ -45,12 +45,11 @@ def pg_partitions(engine: Engine) -> dict[dt.date, str]:
 
 
 def create_partitions_ahead(engine: Engine, days: int = 7, today: dt.date | None = None) -> None:
+    """PostgreSQL: yesterday through `days` ahead, so writers rarely create one on the hot path."""
     if engine.dialect.name != "postgresql":
         return
     today = today or dt.datetime.now(dt.UTC).date()
-    with engine.begin() as conn:
-        for offset in range(-1, days + 1):
-            conn.execute(text(partition_ddl(today + dt.timedelta(days=offset))))
+    ensure_partitions(engine, {today + dt.timedelta(days=offset) for offset in range(-1, days + 1)}, set())
 
 
 def purge(
@@ -94,4 +93,3 @@ def purge(
     return result
 
 
-__all__ = ["PurgeResult", "create_partitions_ahead", "cutoff_for", "partition_name", "pg_partitions", "purge"]
