@@ -72,11 +72,11 @@ class OTelSink:
         self._metrics(record)
 
     def _span(self, record: UsageRecord, capture: AttemptCapture) -> None:
-        start_ns = capture.start.wall_ns
+        start_ns = capture.wall_ns
         end_ns = start_ns + int((record.latency_ms or 0) * 1e6)
         span = self._tracer.start_span(
             f"{record.operation} {record.deployment or 'unknown'}",
-            context=capture.start.otel_context,
+            context=capture.otel_context,
             kind=SpanKind.CLIENT,
             start_time=start_ns,
             attributes=span_attributes(record),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from types import ModuleType
@@ -12,7 +11,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 
 from ..context import current_attribution
-from .state import AttemptCapture, AttemptStart
+from .state import AttemptCapture
 from .streams import attach
 
 log = logging.getLogger("telemetry")
@@ -34,30 +33,28 @@ class Capturer:
     def begin(
         self,
         *,
-        url: str,
+        url: Any,
         operation_id: str | None,
         attempt: int,
         body: Mapping[str, Any] | None = None,
         raw_body: bytes | None = None,
     ) -> AttemptCapture | None:
         try:
-            start = AttemptStart(
+            return AttemptCapture(
+                self._submit,
                 operation_id=operation_id or uuid.uuid4().hex,
                 attempt=attempt,
                 url=url,
-                wall_ns=time.time_ns(),
-                t0=time.perf_counter_ns(),
                 attribution=current_attribution(),
                 otel_context=otel_context.get_current(),
                 body=body,
                 raw_body=raw_body,
             )
-            return AttemptCapture(start, self._submit)
         except Exception as exc:
             self._on_error("capture_begin", exc)
             return None
 
-    def observe(self, capture: AttemptCapture | None, response: Any, mod: ModuleType, url: str,
+    def observe(self, capture: AttemptCapture | None, response: Any, mod: ModuleType, url: Any,
                 *, is_async: bool) -> None:
         if capture is None:
             return

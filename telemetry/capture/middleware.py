@@ -56,5 +56,4 @@ class TelemetryMiddleware(anthropic.Middleware):
         if http_response is None:  # another middleware short-circuited with a value
             capture.end(closed_early=True)
             return
-        self._capturer.observe(capture, http_response, httpx2, str(http_response.request.url),
-                               is_async=is_async)
+        self._capturer.observe(capture, http_response, httpx2, http_response.request.url, is_async=is_async)

@@ -166,20 +166,19 @@ def _parse_stream(record: UsageRecord, capture: AttemptCapture, body: bytes, tex
 
 
 def build_record(capture: AttemptCapture, capture_content: bool = False) -> UsageRecord:
-    start = capture.start
-    body = dict(start.body) if start.body is not None else None
-    if body is None and start.raw_body:
+    body = dict(capture.body) if capture.body is not None else None
+    if body is None and capture.raw_body:
         try:
-            parsed = json.loads(start.raw_body)
+            parsed = json.loads(capture.raw_body)
             body = parsed if isinstance(parsed, dict) else None
         except ValueError:
             body = None
     body = body or {}
-    url = urlsplit(capture.url or start.url)
+    url = urlsplit(str(capture.url if capture.url is not None else capture.request_url))
     record = UsageRecord(
-        created_at=dt.datetime.fromtimestamp(start.wall_ns / 1e9, dt.UTC),
-        operation_id=start.operation_id,
-        attempt=start.attempt,
+        created_at=dt.datetime.fromtimestamp(capture.wall_ns / 1e9, dt.UTC),
+        operation_id=capture.operation_id,
+        attempt=capture.attempt,
         operation="count_tokens" if url.path.rstrip("/").endswith("count_tokens") else "chat",
         server_address=url.hostname,
         server_port=url.port or (443 if url.scheme == "https" else 80),
@@ -188,22 +187,22 @@ def build_record(capture: AttemptCapture, capture_content: bool = False) -> Usag
         stream=body.get("stream") is True,
         max_tokens=body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else None,
         status_code=capture.status_code,
-        request_id=capture.headers.get("request-id"),
-        apim_request_id=capture.headers.get("apim-request-id"),
-        team=start.attribution.team,
-        project=start.attribution.project,
-        user=start.attribution.user,
-        tags=dict(start.attribution.tags),
+        request_id=capture.header("request-id"),
+        apim_request_id=capture.header("apim-request-id"),
+        team=capture.attribution.team,
+        project=capture.attribution.project,
+        user=capture.attribution.user,
+        tags=dict(capture.attribution.tags),
     )
-    end = capture.t_end or start.t0
-    record.latency_ms = (end - start.t0) / 1e6
+    end = capture.t_end or capture.t0
+    record.latency_ms = (end - capture.t0) / 1e6
     if capture.t_first_delta is not None:
-        record.ttft_ms = (capture.t_first_delta - start.t0) / 1e6
+        record.ttft_ms = (capture.t_first_delta - capture.t0) / 1e6
 
     texts: list[str] = []
     raw = b"".join(chunk for _, chunk in capture.chunks)
-    raw = _decode(raw, capture.headers.get("content-encoding"))
-    is_sse = "text/event-stream" in capture.headers.get("content-type", "")
+    raw = _decode(raw, capture.header("content-encoding"))
+    is_sse = "text/event-stream" in (capture.header("content-type") or "")
     completed = False
     if is_sse and capture.status_code == 200:
         completed = _parse_stream(record, capture, raw, texts)

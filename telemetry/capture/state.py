@@ -1,12 +1,12 @@
 """The capture state machine. Runs on the caller's request path, so it only timestamps and keeps
-references; parsing, pricing and export happen on the pipeline thread."""
+references (to the body, the response headers, the URL); parsing, pricing and export happen on the
+pipeline thread."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.context import Context
@@ -16,53 +16,65 @@ from ..context import Attribution
 log = logging.getLogger("telemetry")
 
 _DELTA = b"content_block_delta"
-_KEPT_HEADERS = ("request-id", "apim-request-id", "content-encoding", "content-type")
 
 
-@dataclass(slots=True)
-class AttemptStart:
-    """What is known when the attempt starts."""
-
-    operation_id: str
-    attempt: int
-    url: str
-    wall_ns: int  # epoch ns, for span start and created_at
-    t0: int  # perf_counter_ns
-    attribution: Attribution
-    otel_context: Context | None
-    body: Mapping[str, Any] | None = None  # the SDK's JSON body (middleware path)
-    raw_body: bytes | None = None  # the encoded body (transport path)
-
-
-@dataclass(slots=True)
 class AttemptCapture:
-    """One HTTP attempt, from request to end. Every method is total: it never raises."""
+    """One HTTP attempt, from request to end. Every method is total: it never raises into the caller."""
 
-    start: AttemptStart
-    _submit: Callable[[AttemptCapture], None]
-    status_code: int | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    url: str | None = None
-    t_headers: int | None = None
-    t_first_delta: int | None = None
-    t_end: int | None = None
-    chunks: list[tuple[int, bytes]] = field(default_factory=list)
-    exception: BaseException | None = None
-    closed_early: bool = False
-    exhausted: bool = False
-    done: bool = False
-    _tail: bytes = b""
+    __slots__ = (
+        "_submit", "operation_id", "attempt", "request_url", "wall_ns", "t0", "attribution", "otel_context",
+        "body", "raw_body", "status_code", "response_headers", "url", "t_headers", "t_first_delta", "t_end",
+        "chunks", "exception", "closed_early", "exhausted", "done", "_tail",
+    )
 
-    def on_response(self, status_code: int, headers: Mapping[str, str], url: str | None = None) -> None:
+    def __init__(
+        self,
+        submit: Callable[[AttemptCapture], None],
+        *,
+        operation_id: str,
+        attempt: int,
+        url: Any,
+        attribution: Attribution,
+        otel_context: Context | None,
+        body: Mapping[str, Any] | None = None,
+        raw_body: bytes | None = None,
+    ) -> None:
+        self._submit = submit
+        self.operation_id = operation_id
+        self.attempt = attempt
+        self.request_url = url
+        self.wall_ns = time.time_ns()  # epoch, for created_at and the span's start
+        self.t0 = time.perf_counter_ns()
+        self.attribution = attribution
+        self.otel_context = otel_context
+        self.body = body  # the SDK's JSON body (middleware path)
+        self.raw_body = raw_body  # the encoded body (transport path)
+        self.status_code: int | None = None
+        self.response_headers: Any = None
+        self.url: Any = None
+        self.t_headers: int | None = None
+        self.t_first_delta: int | None = None
+        self.t_end: int | None = None
+        self.chunks: list[tuple[int, bytes]] = []
+        self.exception: BaseException | None = None
+        self.closed_early = False
+        self.exhausted = False
+        self.done = False
+        self._tail = b""
+
+    def on_response(self, status_code: int, headers: Any, url: Any = None) -> None:
         self.t_headers = time.perf_counter_ns()
         self.status_code = status_code
+        self.response_headers = headers  # read on the pipeline thread; response headers carry no auth
         self.url = url
+
+    def header(self, name: str) -> str | None:
+        """For the pipeline thread: one response header, or None."""
         try:
-            # keep only what we use (these are response headers: no auth ever passes here)
-            get = headers.get
-            self.headers = {k: v for k in _KEPT_HEADERS if (v := get(k)) is not None}
-        except Exception:  # a strange header mapping must not break the call
-            self.headers = {}
+            value = self.response_headers.get(name) if self.response_headers is not None else None
+        except Exception:  # a strange header mapping must not lose the record
+            return None
+        return value if isinstance(value, str) else None
 
     def on_chunk(self, data: bytes) -> None:
         now = time.perf_counter_ns()

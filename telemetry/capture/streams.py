@@ -72,7 +72,7 @@ def tee_classes(mod: ModuleType) -> tuple[type, type]:
     return SyncTee, AsyncTee
 
 
-def attach(response: Any, mod: ModuleType, capture: AttemptCapture, url: str, *, is_async: bool) -> None:
+def attach(response: Any, mod: ModuleType, capture: AttemptCapture, url: Any, *, is_async: bool) -> None:
     """Route `response`'s bytes through the capture, or finish it now if the body is already read."""
     capture.on_response(response.status_code, response.headers, url)
     if response.is_stream_consumed:

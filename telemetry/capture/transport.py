@@ -15,7 +15,7 @@ def _begin(capturer: Capturer, request: Any) -> Any:
             return None
         retry = request.headers.get("x-stainless-retry-count")
         return capturer.begin(
-            url=str(request.url),
+            url=request.url,
             operation_id=None,
             attempt=int(retry) if retry and retry.isdigit() else 0,
             raw_body=request.content,
@@ -38,7 +38,7 @@ def transport_classes(mod: ModuleType) -> tuple[type, type]:
             except BaseException as exc:
                 self._capturer.fail(capture, exc)
                 raise
-            self._capturer.observe(capture, response, mod, str(request.url), is_async=False)
+            self._capturer.observe(capture, response, mod, request.url, is_async=False)
             return response
 
         def close(self) -> None:
@@ -56,7 +56,7 @@ def transport_classes(mod: ModuleType) -> tuple[type, type]:
             except BaseException as exc:
                 self._capturer.fail(capture, exc)
                 raise
-            self._capturer.observe(capture, response, mod, str(request.url), is_async=True)
+            self._capturer.observe(capture, response, mod, request.url, is_async=True)
             return response
 
         async def aclose(self) -> None:
