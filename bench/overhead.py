@@ -1,4 +1,5 @@
 """Per-call overhead of the instrumented client against the raw SDK, same emulator, same run.
+A third client with a do-nothing `anthropic.Middleware` shows what the SDK's middleware dispatch costs alone.
 
 Calls alternate raw / instrumented so drift hits both alike. Prints median and p99 per-call time and the
 instrumented/raw ratio (target ≤ 1.03: export and ledger work happen off the request path).
@@ -13,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import anthropic
 from anthropic import AnthropicFoundry
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -21,6 +23,11 @@ from _emulator import EmulatorProcess  # noqa: E402
 from telemetry import Telemetry  # noqa: E402
 
 MSG = [{"role": "user", "content": "Summarize the quarterly numbers in one line."}]
+
+
+class PassThrough(anthropic.Middleware):
+    def handle(self, request, call_next):  # type: ignore[no-untyped-def]
+        return call_next(request)
 
 
 def p99(values: list[float]) -> float:
@@ -37,13 +44,15 @@ def main(n: int = 400) -> None:
 
         raw = sdk()
         inst = tel.instrument(sdk())
-        for client in (raw, inst) * 20:  # warm-up: connections, imports, schema
+        noop = raw.with_options(middleware=[PassThrough()])
+        clients = [("raw", raw), ("inst", inst), ("noop", noop)]
+        for _, client in clients * 20:  # warm-up: connections, imports, schema
             client.messages.create(model="claude-haiku-4-5", max_tokens=32, messages=MSG)
         tel.flush()
-        results: dict[str, dict[str, list[float]]] = {"create": {"raw": [], "inst": []},
-                                                      "stream": {"raw": [], "inst": []}}
+        results: dict[str, dict[str, list[float]]] = {m: {name: [] for name, _ in clients}
+                                                      for m in ("create", "stream")}
         for i in range(n):
-            for name, client in (("raw", raw), ("inst", inst)) if i % 2 else (("inst", inst), ("raw", raw)):
+            for name, client in clients[i % 3:] + clients[:i % 3]:
                 t = time.perf_counter()
                 client.messages.create(model="claude-haiku-4-5", max_tokens=32, messages=MSG)
                 results["create"][name].append(time.perf_counter() - t)
@@ -58,8 +67,10 @@ def main(n: int = 400) -> None:
         for mode, r in results.items():
             rm, im = statistics.median(r["raw"]) * 1e3, statistics.median(r["inst"]) * 1e3
             rp, ip = p99(r["raw"]) * 1e3, p99(r["inst"]) * 1e3
+            nm = statistics.median(r["noop"]) * 1e3
             print(f"{mode:8} {rm:11.3f} {im:12.3f} {im / rm:7.3f} {rp:9.3f} {ip:9.3f} {ip / rp:7.3f}"
-                  f"   (+{(im - rm) * 1e3:.0f} µs per call at the median)")
+                  f"   (+{(im - rm) * 1e3:.0f} µs per call at the median; a pass-through middleware alone: "
+                  f"+{(nm - rm) * 1e3:.0f} µs)")
         print(f"records written: {tel.processed} (failures: {tel.health.snapshot() or 'none'})")
     finally:
         tel.shutdown()
