@@ -74,6 +74,7 @@ def demo(
 def emulator(
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8765,
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    db: Annotated[str | None, typer.Option("--db", hidden=True, help="accepted like everywhere; unused")] = None,
 ) -> None:
     """Run the Foundry emulator alone (any SDK or curl can call it)."""
     from .emulator import EmulatorServer
