@@ -471,3 +471,22 @@ def test_records_do_not_depend_on_sampling(make_tel, emulator, sqlite_url):
         tel.shutdown()
     (row,) = rows(sqlite_url)
     assert row.output_tokens > 0 and row.cost_usd > 0
+
+
+async def test_async_stream_task_cancelled(aclient, tel, sqlite_url):
+    started = asyncio.Event()
+
+    async def consume():
+        stream = await aclient.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=MSG, stream=True,
+                                               extra_headers={"x-emulator-fault": "slow;delay_ms=3000"})
+        async for _event in stream:
+            started.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(started.wait(), 10)  # message_start arrived; now waiting on the slow first token
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    tel.flush()
+    (row,) = rows(sqlite_url)
+    assert row.error_type == "cancelled" and row.input_tokens > 0 and row.output_tokens <= 1
