@@ -251,3 +251,33 @@ def test_database_and_disk_both_down_is_counted_not_raised(emulator, otel, tmp_p
     tel.shutdown(5)
     assert failures.get("ledger_connect", 0) >= 1 and failures.get("spool_write", 0) >= 1
     assert API_KEY not in caplog.text
+
+
+def test_oversized_server_strings_are_cut_not_fatal(db_url):
+    upgrade(db_url)
+    r = make_record(1)
+    r.model = "claude-" + "x" * 500
+    r.request_id = "req_" + "y" * 500
+    r.error_type = "e" * 200
+    assert LedgerStore(get_engine(db_url)).insert([r]) == 1
+    (row,) = rows(db_url)
+    assert len(row.model) == 128 and row.model.startswith("claude-xxx") and len(row.request_id) == 128
+
+
+def test_refused_rows_are_set_aside_and_do_not_block_the_spool(db_url, tmp_path):
+    upgrade(db_url)
+    spool = Spool(tmp_path / "spool")
+    good = [make_record(i) for i in range(3)]
+    bad = make_record(9)
+    bad.attempt = 2**70  # beyond any integer column: the database refuses this one row
+    spool.append([good[0], bad, good[1]])
+    spool.append([good[2]])
+    writer = LedgerWriter(Settings(db_url=db_url, spool_dir=str(tmp_path / "spool"), batch_interval_s=0.05),
+                          Health())
+    assert writer.flush(30)
+    writer.close()
+    assert sorted(r.request_id for r in rows(db_url)) == ["req_0", "req_1", "req_2"]
+    assert spool.pending() == 0
+    (kept,) = (tmp_path / "spool" / "rejected").glob("*.jsonl")
+    assert '"request_id":"req_9"' in kept.read_text()
+    assert writer.health.snapshot()["ledger_rejected"] == 1

@@ -61,6 +61,17 @@ class Spool:
         os.replace(tmp, final)
         return final
 
+    def reject(self, records: Iterable[UsageRecord], name: str) -> Path:
+        """Rows the database refused: kept for a person to look at, out of the replay queue."""
+        folder = self.directory / "rejected"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / name
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(record_to_json(r), separators=(",", ":")) + "\n" for r in records))
+            fh.flush()
+            os.fsync(fh.fileno())
+        return path
+
     def files(self) -> list[Path]:
         if not self.directory.is_dir():
             return []

@@ -66,7 +66,8 @@ def daily_increments(records: Iterable[UsageRecord]) -> list[dict[str, Any]]:
         tags = memo.get(items)
         if tags is None:
             tags = memo[items] = tags_key(r.tags)
-        key = (day, r.team or "", r.project or "", r.user or "", r.deployment or "", r.model or "", tags)
+        key = (day, (r.team or "")[:128], (r.project or "")[:128], (r.user or "")[:128],
+               (r.deployment or "")[:128], (r.model or "")[:128], tags)  # cut like the row's columns
         t = totals.get(key)
         if t is None:
             t = totals[key] = [0] * 12 + [0.0]
@@ -106,6 +107,9 @@ class LedgerStore:
             probe = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
             if reference is not None and reference(probe) == _naive_utc(probe):
                 self._processors = [(i, p) for i, p in self._processors if i != at] + [(at, _naive_utc)]
+        # server-supplied strings longer than their column are cut, not allowed to fail a whole batch
+        self._limits = [(i, length) for i, name in enumerate(RECORD_COLUMNS)
+                        if (length := getattr(table.c[name].type, "length", None))]
         tags_at = RECORD_COLUMNS.index("tags")
         self._processors = [(i, p) for i, p in self._processors if i != tags_at]
         self._processors.append((tags_at, self._tags_json))  # as text, for executemany and COPY alike
@@ -123,6 +127,10 @@ class LedgerStore:
 
     def _row(self, record: UsageRecord) -> list[Any]:
         values = list(self._get(record))
+        for i, length in self._limits:
+            v = values[i]
+            if v is not None and len(v) > length:
+                values[i] = v[:length]
         for i, proc in self._processors:
             if values[i] is not None:
                 values[i] = proc(values[i])

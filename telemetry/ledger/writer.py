@@ -23,6 +23,14 @@ log = logging.getLogger("telemetry")
 _RETRY_S = 2.0
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """The database could not be reached (retry later), as opposed to refusing the data (set it aside)."""
+    from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    return isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeout | OSError)
+
+
 class LedgerWriter:
     def __init__(self, settings: Settings, health: Health, *, start: bool = True) -> None:
         self.settings = settings
@@ -113,11 +121,18 @@ class LedgerWriter:
         try:
             store.insert(batch)
             self.written += len(batch)
+            return
         except Exception as exc:
             self.health.failed("ledger_write", exc)
-            self._next_try = time.monotonic() + _RETRY_S
-            self._store = None
-            self._to_spool(batch, None)
+            if not is_unavailable(exc):
+                try:
+                    self._insert_one_by_one(store, batch, f"{time.time_ns():020d}-live.jsonl")
+                    return
+                except Exception as again:  # the database went away meanwhile: spool the lot
+                    self.health.failed("ledger_write", again)
+        self._next_try = time.monotonic() + _RETRY_S
+        self._store = None
+        self._to_spool(batch, None)
 
     def _replay(self) -> None:
         files = self.spool.files()
@@ -127,14 +142,40 @@ class LedgerWriter:
         if store is None:
             return
         for path in files:
+            records = self.spool.read(path)
             try:
-                store.insert(self.spool.read(path))
-                path.unlink()
+                store.insert(records)
             except Exception as exc:
-                self.health.failed("ledger_replay", exc)
-                self._store = None
-                self._next_try = time.monotonic() + _RETRY_S
-                return
+                if is_unavailable(exc):
+                    self.health.failed("ledger_replay", exc)
+                    self._store = None
+                    self._next_try = time.monotonic() + _RETRY_S
+                    return
+                # the database is up but refuses something in this file: keep the good rows, set the
+                # others aside so one bad row can never block the spool
+                try:
+                    self._insert_one_by_one(store, records, path.name)
+                except Exception as again:
+                    self.health.failed("ledger_replay", again)
+                    self._store = None
+                    self._next_try = time.monotonic() + _RETRY_S
+                    return
+            path.unlink()
+
+    def _insert_one_by_one(self, store: LedgerStore, records: Sequence[UsageRecord], name: str) -> None:
+        rejected = []
+        for record in records:
+            try:
+                self.written += store.insert([record])
+            except Exception as exc:
+                if is_unavailable(exc):
+                    raise
+                self.health.failed("ledger_rejected", exc)
+                rejected.append(record)
+        if rejected:
+            kept = self.spool.reject(rejected, name)
+            log.error("foundry-telemetry: %d usage records were refused by the database; kept in %s",
+                      len(rejected), kept)
 
     def _to_spool(self, records: Sequence[UsageRecord], reason: str | None) -> None:
         try:
