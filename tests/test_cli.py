@@ -289,3 +289,39 @@ def test_html_in_headless_chromium(seeded, tmp_path):
     subprocess.run([*flags, "--window-size=1100,1400", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.exists() and _png_colors(shot) > 20
+
+
+def test_html_charts_identical_before_and_after_purge(seeded, tmp_path):
+    import re
+
+    def charts() -> str:
+        out = tmp_path / "r.html"
+        assert cli("report", "--db", seeded, "--since", "60d", "--format", "html", "-o", str(out)).returncode == 0
+        html = out.read_text()
+        html = re.sub(r"generated [0-9: -]+ UTC", "", html)
+        return html
+
+    before = charts()
+    assert cli("purge", "--db", seeded, "--older-than-days", "1").returncode == 0
+    after = charts()
+    assert before == after and 'id="latency-by-deployment"' in after and "class=\"bar\"" in after
+
+
+def test_latency_percentiles_from_daily_histogram(tmp_path):
+    from telemetry.ledger.db import get_engine, upgrade
+    from telemetry.reports.stats import daily_deployment_stats, deployment_stats
+
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    upgrade(url)
+    records = [make_record(i, latency_ms=float(10 * (i + 1))) for i in range(200)]  # 10 … 2000 ms
+    LedgerStore(get_engine(url)).insert(records)
+    import datetime as dt
+
+    today = dt.datetime.now(dt.UTC).date()
+    (rolled,) = daily_deployment_stats(get_engine(url), today - dt.timedelta(days=1), today).values()
+    (raw,) = deployment_stats(get_engine(url), dt.datetime.now(dt.UTC) - dt.timedelta(days=1),
+                              dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)).values()
+    assert rolled.requests == 200 and rolled.errors == 0
+    for q in (0.5, 0.95):
+        exact = raw.p(q)
+        assert abs(rolled.p(q) - exact) / exact < 0.15, (q, rolled.p(q), exact)  # within a bucket

@@ -158,3 +158,18 @@ class UsageDailyRow(Base):
     @property
     def cost_usd(self) -> Decimal:
         return Decimal(self.cost_e10).scaleb(-COST_SCALE)
+
+
+LATENCY_BUCKETS_MS = (25, 50, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 4000, 5000, 7500,
+                      10000, 15000, 20000, 30000, 45000, 60000, 90000, 120000)  # upper bounds; one more: above
+
+
+class UsageDailyLatencyRow(Base):
+    """Latency histogram per day and deployment: percentiles for reports that outlive retention."""
+
+    __tablename__ = "usage_daily_latency"
+
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    deployment: Mapped[str] = mapped_column(String(128), primary_key=True, default="")
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)  # index into LATENCY_BUCKETS_MS
+    count: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -7,6 +7,7 @@ PostgreSQL: `COPY` into a temporary staging table, `INSERT … SELECT … ON CON
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import json
 import operator
@@ -19,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..record import UsageRecord
 from .db import ensure_partitions
-from .models import COST_SCALE, UsageDailyRow, UsageRecordRow
+from .models import COST_SCALE, LATENCY_BUCKETS_MS, UsageDailyLatencyRow, UsageDailyRow, UsageRecordRow
 
 RECORD_COLUMNS = [c.name for c in UsageRecordRow.__table__.columns]
 _SOURCE_ATTR = {"id": "record_id"}
@@ -89,6 +90,17 @@ def daily_increments(records: Iterable[UsageRecord]) -> list[dict[str, Any]]:
         t[12] += r.latency_ms or 0.0
     return [dict(zip(DAILY_DIMS, key, strict=True), **dict(zip(DAILY_SUMS, sums, strict=True)))
             for key, sums in totals.items()]
+
+
+def latency_increments(records: Iterable[UsageRecord]) -> list[dict[str, Any]]:
+    counts: dict[tuple[Any, ...], int] = {}
+    for r in records:
+        if r.latency_ms is None:
+            continue
+        day = r.created_at.astimezone(dt.UTC).date()
+        key = (day, (r.deployment or "")[:128], bisect.bisect_left(LATENCY_BUCKETS_MS, r.latency_ms))
+        counts[key] = counts.get(key, 0) + 1
+    return [{"day": d, "deployment": dep, "bucket": b, "count": n} for (d, dep, b), n in counts.items()]
 
 
 class LedgerStore:
@@ -241,15 +253,20 @@ class LedgerStore:
     # -- rollups ---------------------------------------------------------------------------------
 
     def _add_daily(self, conn: Any, records: Sequence[UsageRecord]) -> None:
-        rows = daily_increments(records)
+        """Add the rows just inserted to the daily totals and latency histograms (same transaction)."""
+        self._upsert_add(conn, UsageDailyRow.__table__, DAILY_DIMS, DAILY_SUMS, daily_increments(records))
+        self._upsert_add(conn, UsageDailyLatencyRow.__table__, ("day", "deployment", "bucket"), ("count",),
+                         latency_increments(records))
+
+    def _upsert_add(self, conn: Any, table: Any, keys: Sequence[str], sums: Sequence[str],
+                    rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        table = UsageDailyRow.__table__
         dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         stmt = dialect_insert(table)
         stmt = stmt.on_conflict_do_update(
-            index_elements=[table.c[d] for d in DAILY_DIMS],
-            set_={name: table.c[name] + stmt.excluded[name] for name in DAILY_SUMS},
+            index_elements=[table.c[k] for k in keys],
+            set_={name: table.c[name] + stmt.excluded[name] for name in sums},
         )
         conn.execute(stmt, rows)
 

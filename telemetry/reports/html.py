@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from .chargeback import Report, daily_series
 from .render import CSV_COLUMNS
-from .stats import deployment_stats
+from .stats import daily_deployment_stats
 
 PALETTE = ("#3b6fd8", "#e07b39", "#3aa37a", "#c2477d", "#8a63d2", "#c9a227", "#4aa3c2", "#7f7f7f")
 W, BAR_H, GAP, LEFT = 720, 22, 8, 170
@@ -132,17 +132,17 @@ border-top:2px solid #999} .kpi{display:inline-block;margin-right:28px} .kpi b{f
 
 
 def render_html(engine: Engine, report: Report) -> str:
-    start = dt.datetime.combine(report.since, dt.time.min, dt.UTC)
-    end = dt.datetime.combine(report.until + dt.timedelta(days=1), dt.time.min, dt.UTC)
     days = [(report.since + dt.timedelta(days=i)).isoformat()
             for i in range((report.until - report.since).days + 1)]
     by_team = daily_series(engine, report.since, report.until, "team")
     by_model = daily_series(engine, report.since, report.until, "model")
     model_items = sorted(((m, float(sum(v.values())), _money(sum(v.values()))) for m, v in by_model.items()),
                          key=lambda x: -x[1])
-    stats = deployment_stats(engine, start, end)
-    latency_items = [(name, [s.p(0.5) or 0.0, s.p(0.95) or 0.0]) for name, s in sorted(stats.items())]
-    error_items = [(name, 100 * s.rate(s.errors), f"{100 * s.rate(s.errors):.1f}% of {s.requests}")
+    # from the rollups, like the table: the same charts before and after retention
+    stats = daily_deployment_stats(engine, report.since, report.until)
+    latency_items = [(name, [s.p(0.5) or 0.0, s.p(0.95) or 0.0]) for name, s in sorted(stats.items())
+                     if s.histogram]
+    error_items = [(name, 100 * s.error_rate, f"{100 * s.error_rate:.1f}% of {s.requests}")
                    for name, s in sorted(stats.items())]
     t = report.total
     kpis = [("Cost", _money(t.cost_usd)), ("Requests", f"{t.requests:,}"), ("Errors", f"{t.errors:,}"),
@@ -153,7 +153,7 @@ def render_html(engine: Engine, report: Report) -> str:
     charts = [
         stacked_columns("cost-by-team", "Cost by team over time (USD/day)", days, by_team),
         hbar_chart("cost-by-model", "Cost by model (USD)", model_items, PALETTE[1]),
-        grouped_hbar_chart("latency-by-deployment", "Latency by deployment (ms)", latency_items,
+        grouped_hbar_chart("latency-by-deployment", "Latency by deployment (ms, from daily histograms)", latency_items,
                            ["p50", "p95"], "ms"),
         hbar_chart("errors-by-deployment", "Error rate by deployment (%)", error_items, PALETTE[3]),
     ]

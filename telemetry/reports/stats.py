@@ -8,9 +8,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
-from ..ledger.models import UsageRecordRow
+from ..ledger.models import LATENCY_BUCKETS_MS, UsageDailyLatencyRow, UsageDailyRow, UsageRecordRow
 
 AUTH_ERRORS = {"authentication_error", "permission_error"}
 
@@ -65,4 +65,53 @@ def deployment_stats(engine: Engine, start: dt.datetime, end: dt.datetime) -> di
                 s.cost_usd += Decimal(cost)
     for s in out.values():
         s.latencies.sort()
+    return out
+
+
+@dataclass
+class DailyDeploymentStats:
+    """Per deployment over whole days, from the rollups: survives retention, exact counts,
+    latency percentiles from the histogram (interpolated inside a bucket)."""
+
+    deployment: str
+    requests: int = 0
+    errors: int = 0
+    histogram: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    def p(self, q: float) -> float | None:
+        total = sum(self.histogram.values())
+        if not total:
+            return None
+        target = q * total
+        seen = 0
+        for bucket in sorted(self.histogram):
+            n = self.histogram[bucket]
+            if seen + n >= target:
+                low = LATENCY_BUCKETS_MS[bucket - 1] if bucket > 0 else 0.0
+                if bucket >= len(LATENCY_BUCKETS_MS):
+                    return float(low)  # above the last bound: say at least that
+                high = LATENCY_BUCKETS_MS[bucket]
+                return low + (high - low) * (target - seen) / n
+            seen += n
+        return None
+
+
+def daily_deployment_stats(engine: Engine, since: dt.date, until: dt.date) -> dict[str, DailyDeploymentStats]:
+    d, h = UsageDailyRow.__table__, UsageDailyLatencyRow.__table__
+    out: dict[str, DailyDeploymentStats] = {}
+    with engine.connect() as conn:
+        for deployment, requests, errors in conn.execute(
+                select(d.c.deployment, func.sum(d.c.requests), func.sum(d.c.errors))
+                .where(d.c.day >= since, d.c.day <= until).group_by(d.c.deployment)):
+            name = deployment or "(none)"
+            out[name] = DailyDeploymentStats(name, int(requests or 0), int(errors or 0))
+        for deployment, bucket, count in conn.execute(
+                select(h.c.deployment, h.c.bucket, func.sum(h.c.count))
+                .where(h.c.day >= since, h.c.day <= until).group_by(h.c.deployment, h.c.bucket)):
+            name = deployment or "(none)"
+            out.setdefault(name, DailyDeploymentStats(name)).histogram[int(bucket)] += int(count or 0)
     return out
