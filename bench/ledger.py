@@ -121,6 +121,13 @@ def pg_raw(url: str, rows: list[UsageRecord], convert_inside: bool) -> float:
     return time.perf_counter() - t
 
 
+def drop_pg(base: str, url: str) -> None:
+    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def fresh_pg(base: str) -> str:
     name = "bench_" + uuid.uuid4().hex[:8]
     admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
@@ -156,6 +163,8 @@ def main(n: int = 50_000) -> None:
         ours = through_writer(ours_url, records(n), tmp)
         report("PostgreSQL", n, ours, pg_raw(raw_url, records(n), True), "raw COPY, records → rows")
         report("PostgreSQL", n, ours, pg_raw(raw2_url, records(n), False), "raw COPY, rows prebuilt")
+        for url in (ours_url, raw_url, raw2_url):
+            drop_pg(base, url)
     else:
         print("PostgreSQL skipped: set FOUNDRY_TELEMETRY_TEST_PG_URL (e.g. $(bash .ci/pg-up.sh))")
 

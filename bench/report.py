@@ -21,7 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ledger import fresh_pg  # noqa: E402
+from ledger import drop_pg, fresh_pg  # noqa: E402
 
 from telemetry.ledger.db import get_engine, upgrade  # noqa: E402
 from telemetry.ledger.store import LedgerStore  # noqa: E402
@@ -94,7 +94,11 @@ def main() -> None:
     run("SQLite", f"sqlite:///{tempfile.mkdtemp()}/bench.db", sqlite_rows)
     base = os.environ.get("FOUNDRY_TELEMETRY_TEST_PG_URL")
     if base:
-        run("PostgreSQL", fresh_pg(base), pg_rows)
+        url = fresh_pg(base)
+        try:
+            run("PostgreSQL", url, pg_rows)
+        finally:
+            drop_pg(base, url)
     else:
         print("PostgreSQL skipped: set FOUNDRY_TELEMETRY_TEST_PG_URL (e.g. $(bash .ci/pg-up.sh))")
 

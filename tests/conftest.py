@@ -71,6 +71,22 @@ def _pg_available(url: str) -> bool:
         return False
 
 
+_created_databases: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_databases() -> Iterator[None]:
+    yield
+    base = os.environ.get(PG_ENV)
+    if not base or not _created_databases:
+        return
+    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for name in _created_databases:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 def fresh_pg_url() -> str:
     """A new, empty database on the test server, so each test sees only its own rows."""
     base = os.environ.get(PG_ENV)
@@ -83,6 +99,7 @@ def fresh_pg_url() -> str:
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
+    _created_databases.append(name)
     head, _, _ = base.rpartition("/")
     return f"{head}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
 

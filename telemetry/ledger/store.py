@@ -55,9 +55,13 @@ def tags_key(tags: dict[str, str] | None) -> str:
     return text if len(text) <= MAX_TAGS_KEY else ""
 
 
-def daily_increments(records: Iterable[UsageRecord]) -> list[dict[str, Any]]:
-    """Per (day, team, project, user, deployment, model, tags): the sums `usage_daily` adds up."""
+def rollup_increments(records: Iterable[UsageRecord]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One pass: the sums `usage_daily` adds per (day, team, project, user, deployment, model, tags), and
+    the `usage_daily_latency` bucket counts per (day, deployment, bucket)."""
     totals: dict[tuple[Any, ...], list[Any]] = {}
+    latency: dict[tuple[Any, ...], int] = {}
+    bucket_of = bisect.bisect_left
+    bounds = LATENCY_BUCKETS_MS
     utc = dt.UTC
     memo: dict[tuple[tuple[str, str], ...], str] = {}
     for r in records:
@@ -87,20 +91,13 @@ def daily_increments(records: Iterable[UsageRecord]) -> list[dict[str, Any]]:
             t[11] += 1
         else:
             t[10] += int(r.cost_usd.scaleb(COST_SCALE))
-        t[12] += r.latency_ms or 0.0
-    return [dict(zip(DAILY_DIMS, key, strict=True), **dict(zip(DAILY_SUMS, sums, strict=True)))
-            for key, sums in totals.items()]
-
-
-def latency_increments(records: Iterable[UsageRecord]) -> list[dict[str, Any]]:
-    counts: dict[tuple[Any, ...], int] = {}
-    for r in records:
-        if r.latency_ms is None:
-            continue
-        day = r.created_at.astimezone(dt.UTC).date()
-        key = (day, (r.deployment or "")[:128], bisect.bisect_left(LATENCY_BUCKETS_MS, r.latency_ms))
-        counts[key] = counts.get(key, 0) + 1
-    return [{"day": d, "deployment": dep, "bucket": b, "count": n} for (d, dep, b), n in counts.items()]
+        if r.latency_ms is not None:
+            t[12] += r.latency_ms
+            lkey = (day, key[4], bucket_of(bounds, r.latency_ms))
+            latency[lkey] = latency.get(lkey, 0) + 1
+    daily = [dict(zip(DAILY_DIMS, key, strict=True), **dict(zip(DAILY_SUMS, sums, strict=True)))
+             for key, sums in totals.items()]
+    return daily, [{"day": d, "deployment": dep, "bucket": b, "count": n} for (d, dep, b), n in latency.items()]
 
 
 class LedgerStore:
@@ -254,9 +251,9 @@ class LedgerStore:
 
     def _add_daily(self, conn: Any, records: Sequence[UsageRecord]) -> None:
         """Add the rows just inserted to the daily totals and latency histograms (same transaction)."""
-        self._upsert_add(conn, UsageDailyRow.__table__, DAILY_DIMS, DAILY_SUMS, daily_increments(records))
-        self._upsert_add(conn, UsageDailyLatencyRow.__table__, ("day", "deployment", "bucket"), ("count",),
-                         latency_increments(records))
+        daily, latency = rollup_increments(records)
+        self._upsert_add(conn, UsageDailyRow.__table__, DAILY_DIMS, DAILY_SUMS, daily)
+        self._upsert_add(conn, UsageDailyLatencyRow.__table__, ("day", "deployment", "bucket"), ("count",), latency)
 
     def _upsert_add(self, conn: Any, table: Any, keys: Sequence[str], sums: Sequence[str],
                     rows: list[dict[str, Any]]) -> None:
