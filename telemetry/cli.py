@@ -66,7 +66,8 @@ def demo(
     url = _db_url(db, must_exist=False)
     target = run_demo(url, requests, html, console)
     if target:
-        console.print(f"\n[bold]Support lookup[/bold] of a retried call: foundry-telemetry lookup {target}")
+        console.print(f"\n[bold]Support lookup[/bold] of a retried call: foundry-telemetry lookup {target}",
+                      soft_wrap=True)
         _print_lookup(_engine(url), target, "table")
 
 

@@ -11,7 +11,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .chargeback import COUNTERS, Report
+from .chargeback import Report
 
 CSV_COLUMNS = ("requests", "errors", "input_tokens", "output_tokens", "cache_creation_input_tokens",
                "cache_read_input_tokens", "cost_usd")
@@ -59,5 +59,3 @@ def to_table(report: Report, console: Console) -> None:
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
 
-
-__all__ = ["COUNTERS", "to_csv", "to_json", "to_table"]
