@@ -56,12 +56,13 @@ class Pipeline:
             self._health.failed("pipeline_submit", exc)
 
     def _run(self) -> None:
-        while True:
+        stop = False
+        while not stop:
             self._queue.wait(0.1)
-            for item in self._queue.drain():
+            for item in self._queue.drain():  # everything drained is processed, even after the stop marker
                 if item is None:
-                    return
-                if isinstance(item, threading.Event):
+                    stop = True
+                elif isinstance(item, threading.Event):
                     item.set()
                 else:
                     self._process(item)
