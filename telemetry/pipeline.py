@@ -43,11 +43,15 @@ class Pipeline:
         self._lock = threading.Lock()  # one record at a time, worker or inline
         self._thread = threading.Thread(target=self._run, name="foundry-telemetry-pipeline", daemon=True)
         self._thread.start()
+        self._closed = False
         self.processed = 0
 
     def submit(self, capture: AttemptCapture) -> None:
         """Called on the request path; O(1), never raises, never blocks."""
         try:
+            if self._closed:  # a stream finished after shutdown: still record it
+                self._process(capture)
+                return
             if not self._queue.put(capture):
                 # never drop: finish it here, on the caller's thread, rather than lose it
                 self._health.failed("pipeline_queue_full", message="queue full; processing inline")
@@ -107,6 +111,7 @@ class Pipeline:
 
     def close(self, timeout: float | None = 30.0) -> None:
         self.flush(timeout)
+        self._closed = True
         if self._thread.is_alive():
             self._queue.put_urgent(None)
             self._thread.join(timeout)

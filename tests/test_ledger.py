@@ -281,3 +281,21 @@ def test_refused_rows_are_set_aside_and_do_not_block_the_spool(db_url, tmp_path)
     (kept,) = (tmp_path / "spool" / "rejected").glob("*.jsonl")
     assert '"request_id":"req_9"' in kept.read_text()
     assert writer.health.snapshot()["ledger_rejected"] == 1
+
+
+def test_stream_finished_after_shutdown_is_spooled_then_replayed(emulator, otel, tmp_path):
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    spool_dir = str(tmp_path / "spool")
+    tel = Telemetry(db_url=url, spool_dir=spool_dir, batch_interval_s=0.05,
+                    tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
+    client = tel.instrument(AnthropicFoundry(api_key=API_KEY, base_url=emulator.base_url))
+    stream = client.messages.create(model="claude-haiku-4-5", max_tokens=16, messages=MSG, stream=True)
+    tel.shutdown()
+    events = list(stream)  # the caller keeps reading after telemetry shut down
+    assert events[-1].type == "message_stop"
+    assert Spool(Path(spool_dir)).pending() == 1
+    later = Telemetry(db_url=url, spool_dir=spool_dir, batch_interval_s=0.05)
+    later.flush()
+    later.shutdown()
+    (row,) = rows(url)
+    assert row.output_tokens > 0 and row.error_type is None

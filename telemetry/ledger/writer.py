@@ -42,6 +42,7 @@ class LedgerWriter:
         self._next_try = 0.0
         self.written = 0
         self.spooled = 0
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="foundry-telemetry-ledger", daemon=True)
         if start:
             self._thread.start()
@@ -49,7 +50,9 @@ class LedgerWriter:
     # -- called from the pipeline thread ---------------------------------------------------------
 
     def write(self, record: UsageRecord) -> None:
-        if not self._queue.put(record):
+        if self._closed:  # after shutdown: straight to the spool, replayed by the next writer
+            self._to_spool([record], None)
+        elif not self._queue.put(record):
             self._to_spool([record], "ledger queue full")
 
     def flush(self, timeout: float | None = 30.0) -> bool:
@@ -60,6 +63,7 @@ class LedgerWriter:
         return done.wait(timeout)
 
     def close(self, timeout: float | None = 30.0) -> None:
+        self._closed = True
         if self._thread.is_alive():
             self._queue.put_urgent(None)
             self._thread.join(timeout)
