@@ -23,6 +23,7 @@ from .db import ensure_partitions
 from .models import COST_SCALE, LATENCY_BUCKETS_MS, UsageDailyLatencyRow, UsageDailyRow, UsageRecordRow
 
 RECORD_COLUMNS = [c.name for c in UsageRecordRow.__table__.columns]
+_COLS = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)  # quoted: "user" is reserved on PostgreSQL
 _SOURCE_ATTR = {"id": "record_id"}
 DAILY_DIMS = ("day", "team", "project", "user", "deployment", "model", "tags")
 MAX_TAGS_KEY = 1024
@@ -165,8 +166,7 @@ class LedgerStore:
     def _insert_sqlite_optimistic(self, records: Sequence[UsageRecord]) -> int | None:
         """The common case, no duplicates: one `INSERT OR IGNORE` pass. If any row was ignored, roll back
         and let `_insert_checked` work out which rows are new (replays, duplicate request-ids)."""
-        cols = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)
-        sql = f"INSERT OR IGNORE INTO usage_records ({cols}) VALUES ({', '.join('?' for _ in RECORD_COLUMNS)})"
+        sql = f"INSERT OR IGNORE INTO usage_records ({_COLS}) VALUES ({', '.join('?' for _ in RECORD_COLUMNS)})"
         with self.engine.connect() as conn:
             raw = conn.connection.driver_connection
             conn.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE via the engine hook
@@ -200,8 +200,7 @@ class LedgerStore:
                 new.append(r)
             if new:
                 placeholders = ", ".join("?" if self.dialect == "sqlite" else "%s" for _ in RECORD_COLUMNS)
-                cols = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)
-                conn.exec_driver_sql(f"INSERT INTO usage_records ({cols}) VALUES ({placeholders})",
+                conn.exec_driver_sql(f"INSERT INTO usage_records ({_COLS}) VALUES ({placeholders})",
                                      [tuple(self._row(r)) for r in new])
                 self._add_daily(conn, new)
         return len(new)
@@ -211,14 +210,13 @@ class LedgerStore:
     def _insert_postgresql(self, records: Sequence[UsageRecord]) -> int:
         ensure_partitions(self.engine, {r.created_at.astimezone(dt.UTC).date() for r in records},
                           self._partitions)
-        cols = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)
         rows = [self._row(r) for r in records]
         # the common case, no duplicates: COPY straight into the table inside a savepoint
         with self.engine.begin() as conn:
             raw = conn.connection.driver_connection
             try:
                 with raw.transaction(), raw.cursor() as cur, \
-                        cur.copy(f"COPY usage_records ({cols}) FROM STDIN") as copy:
+                        cur.copy(f"COPY usage_records ({_COLS}) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
             except psycopg.errors.UniqueViolation:
@@ -226,21 +224,21 @@ class LedgerStore:
             else:
                 self._add_daily(conn, records)
                 return len(records)
-        return self._insert_postgresql_checked(records, rows, cols)
+        return self._insert_postgresql_checked(records, rows)
 
-    def _insert_postgresql_checked(self, records: Sequence[UsageRecord], rows: list[list[Any]], cols: str) -> int:
+    def _insert_postgresql_checked(self, records: Sequence[UsageRecord], rows: list[list[Any]]) -> int:
         by_id = {r.record_id: r for r in records}
         with self.engine.begin() as conn:
             raw = conn.connection.driver_connection
             with raw.cursor() as cur:
                 cur.execute("CREATE TEMP TABLE IF NOT EXISTS usage_records_staging "
                             "(LIKE usage_records INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-                with cur.copy(f"COPY usage_records_staging ({cols}) FROM STDIN") as copy:
+                with cur.copy(f"COPY usage_records_staging ({_COLS}) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
                 cur.execute(
-                    f"INSERT INTO usage_records ({cols}) "
-                    f"SELECT DISTINCT ON (COALESCE(request_id, id), created_at) {cols} "
+                    f"INSERT INTO usage_records ({_COLS}) "
+                    f"SELECT DISTINCT ON (COALESCE(request_id, id), created_at) {_COLS} "
                     f"FROM usage_records_staging ORDER BY COALESCE(request_id, id), created_at, id "
                     f"ON CONFLICT DO NOTHING RETURNING id")
                 inserted = [by_id[row[0]] for row in cur.fetchall()]
