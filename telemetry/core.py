@@ -83,7 +83,7 @@ class Telemetry:
         **options: Any,
     ) -> None:
         self.settings = settings.with_(**options) if settings else Settings.from_env({}, **options)
-        self.health = Health()
+        self.health = Health(meter_provider)
         self.prices = load_price_table(self.settings.prices_path, self.settings.deployments)
         if self.settings.connection_string and tracer_provider is None and meter_provider is None:
             _ensure_azure_monitor(self.settings.connection_string)

@@ -3,10 +3,11 @@ that turns captures into records, prices them, and feeds the sinks."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from .capture.parse import build_record
 from .capture.state import AttemptCapture
@@ -14,6 +15,14 @@ from .handoff import Handoff
 from .health import Health
 from .pricing import PriceTable
 from .record import UsageRecord
+
+# how often the worker looks for captures when fewer than a batch are waiting: the journal (and so what a
+# SIGKILL can lose) is never further behind the calls than this
+POLL_S = 0.005
+# token counts beyond this are not a real response (and would overflow the ledger's integer columns)
+MAX_TOKENS_VALUE = 10**12
+_TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_creation_5m_input_tokens",
+                 "cache_creation_1h_input_tokens", "cache_read_input_tokens", "web_search_requests")
 
 
 class RecordSink(Protocol):
@@ -41,10 +50,11 @@ class Pipeline:
         # wake for a batch, not per call: each wake-up is a thread switch and a GIL hand-off the caller pays for
         self._queue: Handoff[AttemptCapture | threading.Event | None] = Handoff(queue_size, wake_at=256)
         self._lock = threading.Lock()  # one record at a time, worker or inline
+        self._drained = [hook for sink in self._sinks if callable(hook := getattr(sink, "drained", None))]
         self._thread = threading.Thread(target=self._run, name="foundry-telemetry-pipeline", daemon=True)
-        self._thread.start()
         self._closed = False
         self.processed = 0
+        self._thread.start()
 
     def submit(self, capture: AttemptCapture) -> None:
         """Called on the request path; O(1), never raises, never blocks."""
@@ -62,23 +72,26 @@ class Pipeline:
     def _run(self) -> None:
         stop = False
         while not stop:
-            self._queue.wait(0.1)
-            for item in self._queue.drain():  # everything drained is processed, even after the stop marker
-                if item is None:
-                    stop = True
-                elif isinstance(item, threading.Event):
-                    item.set()
-                else:
-                    self._process(item)
+            try:
+                self._queue.wait(POLL_S)
+                items = self._queue.drain()
+                for item in items:  # everything drained is processed, even after the stop marker
+                    if item is None:
+                        stop = True
+                    elif isinstance(item, threading.Event):
+                        item.set()
+                    else:
+                        self._process(item)
+                if items:
+                    for hook in self._drained:
+                        hook()
+            except Exception as exc:  # never die: count it, say it, go on
+                self._health.failed("pipeline_loop", exc)
 
     def _process(self, capture: AttemptCapture) -> None:
         with self._lock:
-            try:
-                record = build_record(capture, self._capture_content)
-                record.record_id = uuid.uuid4().hex
-            except Exception as exc:
-                self._health.failed("parse", exc)
-                return
+            record = self._build(capture)
+            record.record_id = uuid.uuid4().hex
             try:
                 record.cost_usd = self._prices.cost(record)
             except Exception as exc:
@@ -95,12 +108,29 @@ class Pipeline:
                     self._health.failed(f"sink_{type(sink).__name__}", exc)
             self.processed += 1
 
+    def _build(self, capture: AttemptCapture) -> UsageRecord:
+        """A record for every attempt: a response that cannot be parsed still gives what is known."""
+        try:
+            record = build_record(capture, self._capture_content)
+        except Exception as exc:  # RecursionError on deep JSON, odd types, ...
+            self._health.failed("parse", exc)
+            return unparsed_record(capture)
+        for name in _TOKEN_FIELDS:
+            if getattr(record, name) > MAX_TOKENS_VALUE:
+                self._health.failed("parse", message=f"{name} out of range in a response")
+                setattr(record, name, 0)
+                record.error_type = record.error_type or "unparsed_response"
+        return record
+
     def flush(self, timeout: float | None = 30.0) -> bool:
         done = threading.Event()
         if not self._thread.is_alive():
-            return True
-        self._queue.put_urgent(done)
-        ok = done.wait(timeout)
+            if not self._closed:
+                self._health.failed("pipeline_thread", message="the pipeline thread is not running")
+            ok = self._closed
+        else:
+            self._queue.put_urgent(done)
+            ok = done.wait(timeout)
         for sink in self._sinks:
             try:
                 ok = sink.flush(timeout) and ok
@@ -120,3 +150,34 @@ class Pipeline:
                 sink.close(timeout)
             except Exception as exc:
                 self._health.failed(f"sink_close_{type(sink).__name__}", exc)
+
+
+def _safe(fn: Callable[[], Any], default: Any = None) -> Any:
+    try:
+        return fn()
+    except Exception:
+        return default
+
+
+def unparsed_record(capture: AttemptCapture) -> UsageRecord:
+    """What is known without the body: ids, status, timing, attribution; `error_type = unparsed_response`."""
+    attribution = _safe(lambda: capture.attribution)
+    record = UsageRecord(
+        created_at=_safe(lambda: dt.datetime.fromtimestamp(capture.wall_ns / 1e9, dt.UTC)) or dt.datetime.now(dt.UTC),
+        operation_id=_safe(lambda: str(capture.operation_id)) or uuid.uuid4().hex,
+        attempt=_safe(lambda: int(capture.attempt), 0),
+        error_type="unparsed_response",
+        tags=_safe(lambda: {str(k): str(v) for k, v in dict(attribution.tags).items()}, {}),
+    )
+    record.status_code = _safe(lambda: int(capture.status_code) if capture.status_code is not None else None)
+    record.request_id = _safe(lambda: capture.header("request-id"))
+    record.apim_request_id = _safe(lambda: capture.header("apim-request-id"))
+    record.latency_ms = _safe(lambda: ((capture.t_end or capture.t0) - capture.t0) / 1e6)
+    record.team = _safe(lambda: attribution.team)
+    record.project = _safe(lambda: attribution.project)
+    record.user = _safe(lambda: attribution.user)
+    model = _safe(lambda: (capture.body or {}).get("model"))
+    record.deployment = model if isinstance(model, str) else None
+    url = _safe(lambda: str(capture.url if capture.url is not None else capture.request_url)) or ""
+    record.operation = "count_tokens" if "count_tokens" in url else "chat"
+    return record

@@ -41,11 +41,12 @@ class Settings:
     deployments: str | None = None
     prices_path: str | None = None
     capture_content: bool = False
-    spool_dir: str | None = None  # default: next to a SQLite ledger, else ~/.cache/foundry-telemetry
+    spool_dir: str | None = None  # default: next to a SQLite ledger, else one per ledger under ~/.cache
     queue_size: int = 10_000
     batch_size: int = 500
     batch_interval_s: float = 0.5
     ledger: bool = True  # False: no SQL sink (export only)
+    journal: bool = True  # every record journaled before it waits for a batch (survives SIGKILL)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -78,9 +79,30 @@ class Settings:
 
     @property
     def resolved_spool_dir(self) -> Path:
+        """A spool belongs to one ledger, so its rows only ever replay into the ledger they were written for:
+        next to a SQLite file, else `~/.cache/foundry-telemetry/spool/<hash of the URL without password>`."""
         if self.spool_dir:
-            return Path(self.spool_dir)
-        if self.db_url.startswith("sqlite:///") and self.db_url != "sqlite:///:memory:":
-            db = Path(self.db_url.removeprefix("sqlite:///"))
+            return Path(self.spool_dir).expanduser()
+        if self.db_url.startswith("sqlite:///") and self.db_url.split("?")[0] != "sqlite:///:memory:":
+            db = Path(self.db_url.removeprefix("sqlite:///").split("?")[0]).expanduser()
             return db.with_name(db.name + ".spool")
-        return Path.home() / ".cache" / "foundry-telemetry" / "spool"
+        return Path.home() / ".cache" / "foundry-telemetry" / "spool" / ledger_key(self.db_url)
+
+
+def ledger_key(url: str) -> str:
+    """A ledger's identity: its URL (driver name normalised, password dropped), hashed."""
+    import hashlib
+
+    text = url
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        backend = parsed.get_backend_name()
+        parsed = parsed.set(drivername=backend, password=None)
+        if parsed.host:
+            parsed = parsed.set(host=parsed.host.lower())
+        text = parsed.render_as_string(hide_password=False)
+    except Exception:  # not a URL SQLAlchemy reads: hash it as given (the writer reports the bad URL)
+        pass
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,8 +1,12 @@
 """Idempotent batch inserts into `usage_records` plus exact `usage_daily` increments, in one transaction.
 
-Only rows actually inserted are added to the daily totals, so replays and duplicates count once.
+Only rows actually inserted are added to the daily totals, so replays and duplicates count once; rows and
+totals commit together or not at all. Upserts take their row locks in key order, so concurrent writers do
+not deadlock each other; a transaction that still loses a race (deadlock, serialization failure) is
+retried whole, never spooled half-done.
 SQLite: dedupe by lookup inside a write transaction, then the driver's `executemany`.
-PostgreSQL: `COPY` into a temporary staging table, `INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING`.
+PostgreSQL: `COPY` inside a savepoint of the one transaction; on a duplicate, roll back to it and go through
+a staging table, `INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING`.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import bisect
 import datetime as dt
 import json
 import operator
+import random
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,6 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..record import UsageRecord
 from .db import ensure_partitions
+from .faults import TRANSIENT, classify
 from .models import COST_SCALE, LATENCY_BUCKETS_MS, UsageDailyLatencyRow, UsageDailyRow, UsageRecordRow
 
 RECORD_COLUMNS = [c.name for c in UsageRecordRow.__table__.columns]
@@ -27,6 +34,7 @@ _COLS = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)  # quoted: "user" is reserve
 _SOURCE_ATTR = {"id": "record_id"}
 DAILY_DIMS = ("day", "team", "project", "user", "deployment", "model", "tags")
 MAX_TAGS_KEY = 1024
+TRANSIENT_RETRIES = 6  # whole-transaction retries after a deadlock or serialization failure
 DAILY_SUMS = (
     "requests", "errors", "rate_limited", "server_errors", "input_tokens", "output_tokens",
     "cache_creation_input_tokens", "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens",
@@ -124,6 +132,7 @@ class LedgerStore:
         self._processors = [(i, p) for i, p in self._processors if i != tags_at]
         self._processors.append((tags_at, self._tags_json))  # as text, for executemany and COPY alike
         self._tags_memo: dict[tuple[tuple[str, str], ...], str] = {}
+        self.retries = 0  # transactions run again after a lost race
 
     def _tags_json(self, tags: dict[str, str]) -> str:
         """Most rows share a handful of tag sets: serialize each once."""
@@ -147,12 +156,26 @@ class LedgerStore:
         return values
 
     def insert(self, records: Sequence[UsageRecord]) -> int:
-        """Insert what is new; returns how many rows were new."""
+        """Insert what is new, with its daily totals, atomically; returns how many rows were new.
+
+        A lost race (deadlock, serialization failure) rolls the whole transaction back and runs it again
+        with jittered backoff; any other error is raised for the writer to classify."""
         if not records:
             return 0
-        if self.dialect == "postgresql":
-            return self._insert_postgresql(records)
-        return self._insert_generic(records)
+        delay = 0.02
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            try:
+                if self.dialect == "postgresql":
+                    return self._insert_postgresql(records)
+                return self._insert_generic(records)
+            except Exception as exc:
+                if attempt == TRANSIENT_RETRIES or classify(exc) != TRANSIENT:
+                    raise
+                self.retries += 1
+                self._partitions.clear()  # a partition dropped under us is recreated on the next try
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- SQLite and others -----------------------------------------------------------------------
 
@@ -211,39 +234,41 @@ class LedgerStore:
         ensure_partitions(self.engine, {r.created_at.astimezone(dt.UTC).date() for r in records},
                           self._partitions)
         rows = [self._row(r) for r in records]
-        # the common case, no duplicates: COPY straight into the table inside a savepoint
         with self.engine.begin() as conn:
             raw = conn.connection.driver_connection
-            try:
-                with raw.transaction(), raw.cursor() as cur, \
-                        cur.copy(f"COPY usage_records ({_COLS}) FROM STDIN") as copy:
+            # a real SAVEPOINT inside the open transaction (psycopg's `raw.transaction()` would open and
+            # COMMIT a transaction of its own here, before the totals): rows and totals commit together
+            savepoint = conn.begin_nested()
+            try:  # the common case, no duplicates: COPY straight into the table
+                with raw.cursor() as cur, cur.copy(f"COPY usage_records ({_COLS}) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
             except psycopg.errors.UniqueViolation:
-                pass  # rolled back to the savepoint: take the checked path below
+                savepoint.rollback()  # back to before the COPY: work out which rows are new
+                inserted = self._insert_postgresql_checked(raw, records, rows)
             else:
-                self._add_daily(conn, records)
-                return len(records)
-        return self._insert_postgresql_checked(records, rows)
-
-    def _insert_postgresql_checked(self, records: Sequence[UsageRecord], rows: list[list[Any]]) -> int:
-        by_id = {r.record_id: r for r in records}
-        with self.engine.begin() as conn:
-            raw = conn.connection.driver_connection
-            with raw.cursor() as cur:
-                cur.execute("CREATE TEMP TABLE IF NOT EXISTS usage_records_staging "
-                            "(LIKE usage_records INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-                with cur.copy(f"COPY usage_records_staging ({_COLS}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                cur.execute(
-                    f"INSERT INTO usage_records ({_COLS}) "
-                    f"SELECT DISTINCT ON (COALESCE(request_id, id), created_at) {_COLS} "
-                    f"FROM usage_records_staging ORDER BY COALESCE(request_id, id), created_at, id "
-                    f"ON CONFLICT DO NOTHING RETURNING id")
-                inserted = [by_id[row[0]] for row in cur.fetchall()]
+                savepoint.commit()
+                inserted = list(records)
             self._add_daily(conn, inserted)
         return len(inserted)
+
+    def _insert_postgresql_checked(self, raw: Any, records: Sequence[UsageRecord],
+                                   rows: list[list[Any]]) -> list[UsageRecord]:
+        """In the caller's transaction: stage the batch, insert what is new, return those records."""
+        by_id = {r.record_id: r for r in records}
+        with raw.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE IF NOT EXISTS usage_records_staging "
+                        "(LIKE usage_records INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+            cur.execute("TRUNCATE usage_records_staging")
+            with cur.copy(f"COPY usage_records_staging ({_COLS}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(
+                f"INSERT INTO usage_records ({_COLS}) "
+                f"SELECT DISTINCT ON (COALESCE(request_id, id), created_at) {_COLS} "
+                f"FROM usage_records_staging ORDER BY COALESCE(request_id, id), created_at, id "
+                f"ON CONFLICT DO NOTHING RETURNING id")
+            return [by_id[row[0]] for row in cur.fetchall()]
 
     # -- rollups ---------------------------------------------------------------------------------
 
@@ -257,6 +282,8 @@ class LedgerStore:
                     rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
+        # one lock order for every writer: concurrent batches touching the same days wait, never deadlock
+        rows = sorted(rows, key=lambda row: tuple(row[k] for k in keys))
         dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         stmt = dialect_insert(table)
         stmt = stmt.on_conflict_do_update(

@@ -1,0 +1,184 @@
+"""Append-only journal: every record reaches the OS (page cache) before it waits for a batch, so a
+SIGKILL, the OOM killer or a pod eviction loses (almost) nothing.
+
+The pipeline thread `add`s records (buffered in user space) and `sync`s once per drained hand-off: one
+`write(2)` per batch of calls. The writer thread `seal`s the current segment each time round its loop
+(fsync, then a new segment) and `discard`s sealed segments once every record in them is durable in the
+ledger or the spool. Each live segment is held under an exclusive `flock`, which the kernel drops when the
+process dies however it dies; the next writer on the ledger `recover`s segments nobody holds into the spool,
+from where they replay idempotently (`record_id` is the primary key).
+
+Lines are compact JSON arrays in the order of the segment's header line, so a journal written by another
+version still maps values to the right fields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import itertools
+import json
+import logging
+import operator
+import os
+import threading
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from ..record import UsageRecord
+from .spool import Spool, claimed, read_fd
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("telemetry")
+
+FIELDS = tuple(f for f in UsageRecord.__dataclass_fields__ if f not in ("chunk_gaps_ms",))
+_HEADER = (json.dumps({"journal": 1, "fields": FIELDS}, separators=(",", ":")) + "\n").encode()
+_CREATED = FIELDS.index("created_at")
+_COST = FIELDS.index("cost_usd")
+_seq = itertools.count()
+
+
+@dataclass
+class Segment:
+    path: Path
+    fh: Any  # a buffered binary file, open and flock'ed while the segment is live
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.fh.close()
+
+
+class Journal:
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._get = operator.attrgetter(*FIELDS)
+        self._dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
+        self._current: Segment | None = None
+        self._dirty = False  # records added since the last seal
+        self.lock = threading.Lock()  # pipeline thread (add/sync) vs writer thread (seal)
+        self.sealed: list[Segment] = []
+
+    # -- pipeline thread ---------------------------------------------------------------------------
+
+    def add(self, record: UsageRecord) -> None:
+        """Buffer one record; call with `lock` held, together with handing it to the writer."""
+        seg = self._current or self._open()
+        values = list(self._get(record))
+        values[_CREATED] = values[_CREATED].isoformat()
+        if values[_COST] is not None:
+            values[_COST] = str(values[_COST])
+        seg.fh.write(self._dumps(values).encode() + b"\n")
+        self._dirty = True
+
+    def sync(self) -> None:
+        """To the page cache: from here a SIGKILL no longer loses these records."""
+        with self.lock:
+            if self._current is not None and self._dirty:
+                self._current.fh.flush()
+
+    # -- writer thread -----------------------------------------------------------------------------
+
+    def seal(self) -> None:
+        """Close the current segment (flushed and fsynced); records added from now on go to a new one.
+        Everything in a sealed segment has already been handed to the writer."""
+        with self.lock:
+            seg = self._current
+            if seg is None or not self._dirty:
+                return
+            self._current = None
+            self._dirty = False
+            seg.fh.flush()
+        with contextlib.suppress(OSError):
+            os.fsync(seg.fh.fileno())
+        self.sealed.append(seg)  # stays open (and locked) until discarded
+
+    def discard(self) -> None:
+        """Every record handed to the writer so far is durable: drop the sealed segments."""
+        for seg in self.sealed:
+            with contextlib.suppress(OSError):
+                seg.path.unlink()
+            seg.close()
+        self.sealed.clear()
+
+    def close(self, durable: bool) -> None:
+        """At shutdown: remove everything when it is all durable, else leave it for the next writer."""
+        self.seal()
+        if durable:
+            self.discard()
+        else:
+            for seg in self.sealed:
+                seg.close()
+            self.sealed.clear()
+
+    def _open(self) -> Segment:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{time.time_ns():020d}-{os.getpid()}-{next(_seq):06d}.jnl"
+        fh = open(path, "ab", buffering=1 << 16)  # noqa: SIM115 - lives as long as the segment
+        if fcntl is not None:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fh.write(_HEADER)
+        self._current = Segment(path, fh)
+        return self._current
+
+
+def _decode(fields: list[str], values: list[Any]) -> UsageRecord:
+    data = dict(zip(fields, values, strict=True))
+    data = {k: v for k, v in data.items() if k in UsageRecord.__dataclass_fields__}
+    created = dt.datetime.fromisoformat(data["created_at"])
+    data["created_at"] = created if created.tzinfo else created.replace(tzinfo=dt.UTC)
+    if data.get("cost_usd") is not None:
+        data["cost_usd"] = Decimal(data["cost_usd"])
+    if not isinstance(data.get("operation_id"), str):
+        raise TypeError("operation_id must be a string")
+    return UsageRecord(**data)
+
+
+def parse_segment(data: bytes) -> tuple[list[UsageRecord], list[bytes]]:
+    lines = data.split(b"\n")
+    try:
+        header = json.loads(lines[0].decode("utf-8"))
+        fields = list(header["fields"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        return [], [line for line in lines if line.strip()]
+    records: list[UsageRecord] = []
+    bad: list[bytes] = []
+    for line in lines[1:]:
+        if not line.strip():
+            continue
+        try:
+            records.append(_decode(fields, json.loads(line.decode("utf-8"))))
+        except (ValueError, TypeError, KeyError, RecursionError, AttributeError):
+            bad.append(line)  # a line torn by a crash mid-write, or damage
+    return records, bad
+
+
+def recover(directory: Path, spool: Spool) -> int:
+    """Move the records of journal segments no live writer holds into the spool; returns how many."""
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".jnl"))
+    except OSError:
+        return 0
+    moved = 0
+    for name in names:
+        path = directory / name
+        with claimed(path) as fd:
+            if fd is None:
+                continue  # a live writer's segment
+            records, bad = parse_segment(read_fd(fd))
+            if bad:
+                kept = spool.quarantine(bad, name)
+                log.error("foundry-telemetry: %d damaged line(s) in journal %s moved to %s", len(bad), name, kept)
+            if records:
+                spool.append(records)
+                moved += len(records)
+            path.unlink()
+    if moved:
+        log.warning("foundry-telemetry: recovered %d usage records from the journal of a writer that died", moved)
+    return moved
