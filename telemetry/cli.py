@@ -266,6 +266,47 @@ def db_upgrade(db: DbOpt = None) -> None:
     console.print(f"ledger at {make_url(url).render_as_string()} is up to date")
 
 
+# -- spool (issue 8): logic in ledger/spool_cli.py ------------------------------------------------------
+spool_app = typer.Typer(help="What waits in the ledger's spool, what was set aside and why.")
+app.add_typer(spool_app, name="spool")
+SpoolDirOpt = Annotated[str | None, typer.Option("--spool-dir", help="Spool folder (default: the ledger's own)")]
+
+
+def _spool_dir(db: str | None, spool_dir: str | None) -> Path:
+    from .settings import Settings
+
+    return Settings.from_env(db_url=_db_url(db, must_exist=False), spool_dir=spool_dir).resolved_spool_dir
+
+
+@spool_app.callback(invoke_without_command=True)
+def spool(ctx: typer.Context, db: DbOpt = None, spool_dir: SpoolDirOpt = None,
+          fmt: Annotated[str, typer.Option("--format", help="table | json")] = "table") -> None:
+    """Pending rows, journal segments, set-aside rows with their reasons, quarantined files."""
+    if ctx.invoked_subcommand is None:
+        spool_status(db, spool_dir, fmt)
+
+
+@spool_app.command("status")
+def spool_status(db: DbOpt = None, spool_dir: SpoolDirOpt = None,
+                 fmt: Annotated[str, typer.Option("--format", help="table | json")] = "table") -> None:
+    """Pending rows, journal segments, set-aside rows with their reasons, quarantined files."""
+    from .ledger.spool_cli import render, status
+
+    if fmt not in ("table", "json"):
+        raise CliError(f"unknown format {fmt!r} (use table or json)")
+    st = status(_spool_dir(db, spool_dir))
+    print(json.dumps(st.as_dict(), indent=2) if fmt == "json" else render(st))
+
+
+@spool_app.command("requeue")
+def spool_requeue(db: DbOpt = None, spool_dir: SpoolDirOpt = None) -> None:
+    """Put set-aside rows back in the replay queue (after fixing what made the database refuse them)."""
+    from .ledger.spool_cli import requeue
+
+    files, records = requeue(_spool_dir(db, spool_dir))
+    console.print(f"requeued {records} records from {files} files; the next writer on this ledger replays them")
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__

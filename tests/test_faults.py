@@ -1,0 +1,298 @@
+"""Fault matrix for the ledger: every test counts the attempts the emulator served against the rows AND the
+daily totals after recovery (rows == attempts, no duplicates, usage_daily == the sum over rows)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from telemetry.ledger.db import get_engine, upgrade
+from telemetry.ledger.models import COST_SCALE, UsageDailyLatencyRow, UsageDailyRow
+
+from .conftest import rows
+
+DRIVER = str(Path(__file__).with_name("fault_driver.py"))
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
+# -- the checks every fault test makes -------------------------------------------------------------
+
+def assert_ledger_exact(url: str, served: list[dict[str, Any]] | None = None) -> list[Any]:
+    """rows == attempts (by request-id), no duplicates, usage_daily and usage_daily_latency == sums over rows."""
+    got = rows(url)
+    ids = [r.id for r in got]
+    assert len(set(ids)) == len(ids), "duplicate rows"
+    rids = [r.request_id for r in got if r.request_id]
+    assert len(set(rids)) == len(rids), "duplicate request-ids"
+    if served is not None:
+        assert sorted(rids) == sorted(s["request-id"] for s in served), \
+            f"{len(rids)} rows for {len(served)} attempts"
+    expected: Counter[tuple[str, str]] = Counter()
+    sums: dict[tuple[str, str], list[Any]] = {}
+    for r in got:
+        key = (r.team or "", r.deployment or "")
+        s = sums.setdefault(key, [0, 0, 0, Decimal(0), 0])
+        s[0] += 1
+        s[1] += r.input_tokens
+        s[2] += r.output_tokens
+        s[3] += r.cost_usd or 0
+        s[4] += r.error_type is not None or (r.status_code or 0) >= 400
+        expected[key] += 1
+    t = UsageDailyRow.__table__
+    with get_engine(url).connect() as conn:
+        daily = conn.execute(select(t.c.team, t.c.deployment, func.sum(t.c.requests), func.sum(t.c.input_tokens),
+                                    func.sum(t.c.output_tokens), func.sum(t.c.cost_e10), func.sum(t.c.errors))
+                             .group_by(t.c.team, t.c.deployment)).all()
+        lat = conn.execute(select(func.sum(UsageDailyLatencyRow.__table__.c.count))).scalar() or 0
+    got_daily = {(d[0], d[1]): [int(d[2]), int(d[3]), int(d[4]), Decimal(int(d[5])).scaleb(-COST_SCALE), int(d[6])]
+                 for d in daily}
+    assert got_daily == sums, "usage_daily differs from the sum over rows"
+    assert lat == sum(1 for r in got if r.latency_ms is not None), "usage_daily_latency differs from rows"
+    return got
+
+
+class Child:
+    """One writing process running tests/fault_driver.py."""
+
+    def __init__(self, url: str, emulator: Any, env: dict[str, str] | None = None,
+                 prefix: list[str] | None = None) -> None:
+        full = {**os.environ, "FOUNDRY_TELEMETRY_DB_URL": url, "EMULATOR_BASE_URL": emulator.base_url,
+                "PYTHONPATH": ROOT, **(env or {})}
+        self.proc = subprocess.Popen([*(prefix or []), sys.executable, DRIVER], env=full, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        assert self.readline() == "ready"
+
+    def readline(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def ask(self, line: str) -> str:
+        self.send(line)
+        return self.readline()
+
+    def exit(self) -> None:
+        assert self.ask("exit") == "bye"
+        assert self.proc.wait(60) == 0
+
+
+# -- (1) many writers, one ledger -----------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_four_processes_one_ledger_lose_nothing(backend, emulator, tmp_path):
+    from .conftest import fresh_pg_url
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}" if backend == "sqlite" else fresh_pg_url()
+    upgrade(url)
+    before = len(emulator.emulator.served)
+    # one spool folder for all four (derived from the ledger), small batches: many concurrent upserts
+    env = {"HOME": str(tmp_path), "DRIVER_BATCH_N": "20", "DRIVER_BATCH_S": "0.01"}
+    children = [Child(url, emulator, env) for _ in range(4)]
+    for c in children:
+        c.send("calls 150 4")
+    for c in children:
+        assert c.readline() == "done 150"
+    health = [json.loads(c.ask("health")) for c in children]
+    for c in children:
+        c.exit()
+    served = emulator.emulator.served[before:]
+    assert len(served) >= 4 * 150
+    assert_ledger_exact(url, served)
+    assert not any(h.get("ledger_rejected") for h in health), health
+    spool = tmp_path / "shared.db.spool" if backend == "sqlite" else next((tmp_path / ".cache").rglob("journal")).parent
+    assert not list(spool.glob("*.jsonl")) and not list((spool / "journal").glob("*.jnl"))
+
+
+@pytest.mark.postgres
+def test_postgres_rows_and_totals_commit_together(tmp_path):
+    """A batch whose daily increments fail must leave no rows either (the COPY is inside the transaction)."""
+    from sqlalchemy import text
+
+    from telemetry.ledger.store import LedgerStore
+
+    from .conftest import fresh_pg_url
+    from .helpers import make_record
+
+    url = fresh_pg_url()
+    upgrade(url)
+    engine = get_engine(url)
+    with engine.begin() as conn:  # usage_daily refuses every write from now on
+        conn.execute(text("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                          "$$BEGIN RAISE EXCEPTION 'no totals today'; END$$"))
+        conn.execute(text("CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON usage_daily "
+                          "FOR EACH ROW EXECUTE FUNCTION refuse()"))
+    store = LedgerStore(engine)
+    records = [make_record(i) for i in range(6)]
+    with pytest.raises(Exception, match="no totals today"):
+        store.insert(records[:5])
+    assert rows(url) == []
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse ON usage_daily"))
+    # and the duplicate path: one new row among replayed ones
+    assert store.insert(records[:5]) == 5
+    assert store.insert(records) == 1
+    assert_ledger_exact(url)
+
+
+# -- (2) a damaged spool ------------------------------------------------------------------------------
+
+def test_damaged_spool_is_quarantined_and_intact_lines_replay(emulator, otel, tmp_path, caplog):
+    import logging
+
+    from anthropic import AnthropicFoundry
+
+    from telemetry import Telemetry
+    from telemetry.ledger.spool import Spool
+
+    from .conftest import API_KEY, MSG
+    from .helpers import make_record
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    spool_dir = tmp_path / "spool"
+    spool = Spool(spool_dir)
+    good = [make_record(i) for i in range(6)]
+    clean = spool.append(good[:2])
+    damaged = spool.append(good[2:5])
+    data = damaged.read_bytes().splitlines(keepends=True)
+    damaged.write_bytes(data[0] + b'{"created_at": "2026-\xff\xfe broken utf-8\n' + data[1]
+                        + b"garbled }{ not json\n" + data[2] + b'{"created_at":"2026-12-01T00:00:00+00:00","oper')
+    torn = spool.append(good[5:])
+    torn.write_bytes(torn.read_bytes()[:-1] + b"\n" + b'{"torn": ')  # a torn last line
+    stale = spool_dir / "00000000000000000001-1-000000-000000.jsonl.tmp"
+    stale.write_text("half a batch")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+
+    with caplog.at_level(logging.WARNING, logger="telemetry"):
+        tel = Telemetry(db_url=url, spool_dir=str(spool_dir), batch_interval_s=0.02,
+                        tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
+        client = tel.instrument(AnthropicFoundry(api_key=API_KEY, base_url=emulator.base_url))
+        before = len(emulator.emulator.served)
+        for _ in range(3):
+            client.messages.create(model="claude-haiku-4-5", max_tokens=8, messages=MSG)
+        assert tel.flush(30)
+        # the writer thread survived the damage: later calls still reach the ledger
+        for _ in range(2):
+            client.messages.create(model="claude-haiku-4-5", max_tokens=8, messages=MSG)
+        assert tel.flush(30)
+        tel.shutdown()
+    served = emulator.emulator.served[before:]
+    got = assert_ledger_exact(url)
+    assert sorted(r.request_id for r in got) == sorted([r.request_id for r in good] + [s["request-id"] for s in served])
+    assert spool.pending() == 0 and not stale.exists()
+    quarantined = sorted((spool_dir / "quarantine").iterdir())
+    assert [q.name for q in quarantined] == sorted([damaged.name, torn.name])
+    assert b"\xff\xfe" in (spool_dir / "quarantine" / damaged.name).read_bytes()
+    assert sum(damaged.name in r.getMessage() for r in caplog.records) == 1  # one line naming it
+    assert sum(torn.name in r.getMessage() for r in caplog.records) == 1
+    assert clean.name not in caplog.text
+
+
+def test_writer_loop_survives_any_exception(tmp_path, monkeypatch):
+    """An unexpected error inside the loop is counted and the loop goes on; flush reports the truth."""
+    from telemetry.health import Health
+    from telemetry.ledger.writer import LedgerWriter
+    from telemetry.settings import Settings
+
+    from .helpers import make_record
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    writer = LedgerWriter(Settings(db_url=url, spool_dir=str(tmp_path / "spool"), batch_interval_s=0.02), Health())
+    calls = {"n": 0}
+    real = writer._replay  # noqa: SLF001
+
+    def flaky() -> None:
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise RuntimeError("boom in the loop")
+        real()
+
+    monkeypatch.setattr(writer, "_replay", flaky)
+    for i in range(4):
+        writer.write(make_record(i))
+    deadline = time.monotonic() + 10
+    while calls["n"] <= 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert writer.flush(10)
+    writer.close()
+    assert writer.health.snapshot()["ledger_loop"] == 3
+    assert "boom in the loop" in writer.health.why()["ledger_loop"]
+    assert len(assert_ledger_exact(url)) == 4
+
+
+# -- (3) unavailable, by cause: read-only, disk full -----------------------------------------------
+
+def _db_files(folder: Path, name: str) -> list[Path]:
+    return [p for p in (folder / name, folder / f"{name}-wal", folder / f"{name}-shm") if p.exists()]
+
+
+NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]  # root that obeys file modes
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root's capabilities dropped (setpriv) or another user to make a file read-only")
+def test_sqlite_read_only_at_start_then_fixed(emulator, tmp_path):
+    url = f"sqlite:///{tmp_path / 'ro.db'}"
+    upgrade(url)
+    get_engine(url).dispose()
+    for p in _db_files(tmp_path, "ro.db"):
+        os.chmod(p, 0o444)  # read-only for the writer below (root without CAP_DAC_OVERRIDE)
+    before = len(emulator.emulator.served)
+    child = Child(url, emulator, {"HOME": str(tmp_path)}, prefix=NO_DAC)
+    assert child.ask("calls 40 2") == "done 40"
+    assert child.ask("flush") == "flush True"  # durable: in the spool
+    health = json.loads(child.ask("health"))
+    assert health.get("ledger_write", 0) + health.get("ledger_connect", 0) >= 1, health
+    assert not health.get("ledger_rejected"), health
+    assert rows(url) == []
+    spool = tmp_path / "ro.db.spool"
+    assert list(spool.glob("*.jsonl")) and not (spool / "rejected").exists()
+    for p in _db_files(tmp_path, "ro.db"):  # the cause is fixed, seconds later
+        os.chmod(p, 0o644)
+    deadline = time.monotonic() + 30
+    while list(spool.glob("*.jsonl")) and time.monotonic() < deadline:
+        child.ask("flush")
+        time.sleep(0.2)
+    assert child.ask("calls 10 1") == "done 10"
+    child.exit()
+    assert_ledger_exact(url, emulator.emulator.served[before:])
+    assert not list(spool.glob("*.jsonl"))
+
+
+def test_disk_full_mid_run_then_recovers(emulator, tmp_path):
+    url = f"sqlite:///{tmp_path / 'full.db'}"
+    upgrade(url)
+    get_engine(url).dispose()
+    before = len(emulator.emulator.served)
+    child = Child(url, emulator, {"FOUNDRY_TELEMETRY_SPOOL_DIR": str(tmp_path / "spool")})
+    assert child.ask("calls 20 2") == "done 20"
+    assert child.ask("flush") == "flush True"
+    sizes = [p.stat().st_size for p in _db_files(tmp_path, "full.db")]
+    assert child.ask(f"fsize {max(sizes) + 1024}") == "ok"  # the ledger's files cannot grow any more
+    assert child.ask("calls 100 4") == "done 100"
+    assert child.ask("flush") == "flush True"
+    health = json.loads(child.ask("health"))
+    assert health.get("ledger_write", 0) >= 1 and not health.get("ledger_rejected"), health
+    assert list((tmp_path / "spool").glob("*.jsonl"))
+    assert child.ask("release") == "ok"
+    deadline = time.monotonic() + 30
+    while list((tmp_path / "spool").glob("*.jsonl")) and time.monotonic() < deadline:
+        child.ask("flush")
+        time.sleep(0.2)
+    child.exit()
+    assert_ledger_exact(url, emulator.emulator.served[before:])
+    assert not (tmp_path / "spool" / "rejected").exists()
