@@ -296,3 +296,86 @@ def test_disk_full_mid_run_then_recovers(emulator, tmp_path):
     child.exit()
     assert_ledger_exact(url, emulator.emulator.served[before:])
     assert not (tmp_path / "spool" / "rejected").exists()
+
+
+# -- (4) SIGKILL and SIGTERM of a writing process -------------------------------------------------
+
+def kill_while_writing(url: str, emulator: Any, spool: Path, seconds: float = 1.5) -> dict[str, Any]:
+    """SIGKILL a process in the middle of a call loop whose batches wait 0.5 s, then let the next writer on
+    the ledger recover its journal. Returns what the killed process had seen returned and what was lost."""
+    import signal
+    import threading
+
+    from telemetry.health import Health
+    from telemetry.ledger.writer import LedgerWriter
+    from telemetry.settings import Settings
+
+    child = Child(url, emulator, {"FOUNDRY_TELEMETRY_SPOOL_DIR": str(spool), "DRIVER_BATCH_S": "0.5",
+                                  "DRIVER_BATCH_N": "100000"})
+    returned: list[tuple[float, str]] = []
+
+    def read() -> None:
+        for line in child.proc.stdout:  # type: ignore[union-attr]
+            _, t, rid = line.split()
+            returned.append((float(t), rid))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    child.send("loop")
+    time.sleep(seconds)
+    child.proc.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    child.proc.wait(10)
+    reader.join(10)
+    writer = LedgerWriter(Settings(db_url=url, spool_dir=str(spool), batch_interval_s=0.02), Health())
+    assert writer.flush(30) and writer.flush(30)
+    writer.close()
+    have = {r.request_id for r in rows(url)}
+    lost = [(t, rid) for t, rid in returned if rid not in have]
+    window_ms = (killed_at - min(t for t, _ in lost)) * 1000 if lost else 0.0
+    return {"returned": len(returned), "lost": len(lost), "window_ms": window_ms, "rows": len(have)}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_sigkill_loses_only_the_last_moments(backend, emulator, tmp_path):
+    from .conftest import fresh_pg_url
+
+    url = f"sqlite:///{tmp_path / 'k.db'}" if backend == "sqlite" else fresh_pg_url()
+    upgrade(url)
+    before = len(emulator.emulator.served)
+    result = kill_while_writing(url, emulator, tmp_path / "spool")
+    print("SIGKILL:", result)
+    # batches wait 0.5 s, so without the journal ~1/3 of the calls would be gone; with it, at most the
+    # calls of the last moments before the kill (the README gives the measured window; no timing assert here)
+    assert result["returned"] >= 20
+    assert result["lost"] <= max(3, result["returned"] // 50), result
+    served = {s["request-id"] for s in emulator.emulator.served[before:]}
+    got = assert_ledger_exact(url)
+    assert {r.request_id for r in got} <= served  # nothing invented; attempts in flight at the kill may be missing
+    assert not list((tmp_path / "spool").glob("*.jsonl"))
+    assert not list((tmp_path / "spool" / "journal").glob("*.jnl"))
+
+
+def test_sigterm_mid_loop_loses_nothing(emulator, tmp_path):
+    import signal
+    import threading
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    upgrade(url)
+    child = Child(url, emulator, {"FOUNDRY_TELEMETRY_SPOOL_DIR": str(tmp_path / "spool"), "DRIVER_BATCH_S": "0.5",
+                                  "DRIVER_BATCH_N": "100000"})
+    returned: list[str] = []
+
+    def read() -> None:
+        for line in child.proc.stdout:  # type: ignore[union-attr]
+            returned.append(line.split()[2])
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    child.send("loop")
+    time.sleep(1.0)
+    child.proc.send_signal(signal.SIGTERM)
+    assert child.proc.wait(30) == -signal.SIGTERM
+    reader.join(10)
+    got = assert_ledger_exact(url)
+    assert set(returned) <= {r.request_id for r in got} and len(returned) >= 10
