@@ -3,6 +3,7 @@ daily totals after recovery (rows == attempts, no duplicates, usage_daily == the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -379,3 +380,253 @@ def test_sigterm_mid_loop_loses_nothing(emulator, tmp_path):
     reader.join(10)
     got = assert_ledger_exact(url)
     assert set(returned) <= {r.request_id for r in got} and len(returned) >= 10
+
+
+# -- (5) two ledgers on one machine and one home directory ----------------------------------------
+
+@pytest.mark.postgres
+def test_two_ledgers_sharing_a_home_never_mix_their_spools(emulator, otel, tmp_path, monkeypatch):
+    from anthropic import AnthropicFoundry
+    from sqlalchemy.engine import make_url
+
+    from telemetry import Telemetry
+
+    from .conftest import API_KEY, MSG, fresh_pg_url
+    from .tcp_proxy import TcpProxy
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("FOUNDRY_TELEMETRY_SPOOL_DIR", raising=False)
+    demo, real = fresh_pg_url(), fresh_pg_url()
+    upgrade(demo)
+    upgrade(real)
+    parsed = make_url(demo)
+    proxy = TcpProxy(parsed.host, parsed.port)
+    demo_via_proxy = parsed.set(port=proxy.port).render_as_string(hide_password=False)
+    proxy.down()
+
+    def calls(url: str, n: int) -> list[str]:
+        tel = Telemetry(db_url=url, batch_interval_s=0.02, tracer_provider=otel.tracer_provider,
+                        meter_provider=otel.meter_provider)
+        client = tel.instrument(AnthropicFoundry(api_key=API_KEY, base_url=emulator.base_url))
+        ids = [client.messages.create(model="claude-haiku-4-5", max_tokens=8, messages=MSG)._request_id
+               for _ in range(n)]
+        assert tel.flush(30)
+        tel.shutdown()
+        assert tel.settings.resolved_spool_dir.parent == tmp_path / ".cache" / "foundry-telemetry" / "spool"
+        return ids
+
+    demo_ids = calls(demo_via_proxy, 2)  # its ledger is down: spooled
+    real_ids = calls(real, 1)  # a healthy ledger, same home: must not take the demo's rows
+    assert [r.request_id for r in assert_ledger_exact(real)] == real_ids
+    assert rows(demo) == []
+    proxy.up()
+    calls(demo_via_proxy, 0)  # the demo ledger's own next writer replays its spool
+    assert sorted(r.request_id for r in assert_ledger_exact(demo)) == sorted(demo_ids)
+    assert [r.request_id for r in rows(real)] == real_ids
+
+
+# -- (6) bad responses and a crowd of callers ------------------------------------------------------
+
+def test_odd_usage_values_still_give_exact_rows(otel, tmp_path):
+    import httpx2
+    from anthropic import AnthropicFoundry
+
+    from telemetry import Telemetry
+
+    from .conftest import API_KEY, MSG
+
+    def message(usage: Any) -> str:
+        return json.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+                           "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+                           "usage": usage})
+
+    bodies = {
+        "nested": message({"input_tokens": {"deep": [1, 2]}, "output_tokens": 3}),
+        "huge": message({"input_tokens": 10**30, "output_tokens": 2}),
+        "negative": message({"input_tokens": -5, "output_tokens": 4}),
+        "string": message({"input_tokens": "12", "output_tokens": "x"}),
+        "float": message({"input_tokens": 1e400, "output_tokens": 1.5}).replace("Infinity", "1e400"),
+        "deep": message({"input_tokens": 7, "output_tokens": 1})[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        "plain": message({"input_tokens": 9, "output_tokens": 2}),
+    }
+    served: list[str] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        kind = request.headers["x-kind"]
+        rid = f"req_{kind}_{len(served)}"
+        served.append(rid)
+        return httpx2.Response(200, content=bodies[kind].encode(),
+                               headers={"content-type": "application/json", "request-id": rid})
+
+    url = f"sqlite:///{tmp_path / 'odd.db'}"
+    tel = Telemetry(db_url=url, spool_dir=str(tmp_path / "spool"), batch_interval_s=0.02,
+                    tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
+    client = tel.instrument(AnthropicFoundry(api_key=API_KEY, base_url="http://foundry.test/anthropic/",
+                                             max_retries=0, http_client=httpx2.Client(
+                                                 transport=httpx2.MockTransport(handler))))
+    for kind in bodies:
+        with contextlib.suppress(Exception):  # the SDK may refuse some itself; the attempt still happened
+            client.messages.create(model="claude-haiku-4-5", max_tokens=8, messages=MSG,
+                                   extra_headers={"x-kind": kind})
+    assert tel.flush(30)
+    tel.shutdown()
+    got = {r.request_id: r for r in assert_ledger_exact(url)}
+    assert sorted(got) == sorted(served)
+    by_kind = {rid.split("_")[1]: r for rid, r in got.items()}
+    assert by_kind["deep"].error_type == "unparsed_response" and by_kind["deep"].status_code == 200
+    assert by_kind["huge"].error_type == "unparsed_response" and by_kind["huge"].input_tokens == 0
+    assert by_kind["huge"].output_tokens == 2
+    assert (by_kind["negative"].input_tokens, by_kind["negative"].output_tokens) == (0, 4)
+    assert (by_kind["string"].input_tokens, by_kind["nested"].input_tokens, by_kind["float"].input_tokens) == (0, 0, 0)
+    assert (by_kind["plain"].input_tokens, by_kind["plain"].error_type) == (9, None)
+    assert tel.health.snapshot().get("parse", 0) >= 2
+
+
+def test_sixteen_threads_and_64_tasks_with_faults(emulator, otel, tmp_path):
+    import asyncio
+    import random
+    import threading
+
+    from anthropic import AnthropicFoundry, AsyncAnthropicFoundry
+
+    from telemetry import Telemetry, usage_context
+
+    from .conftest import API_KEY, MSG
+
+    url = f"sqlite:///{tmp_path / 'crowd.db'}"
+    tel = Telemetry(db_url=url, spool_dir=str(tmp_path / "spool"), batch_interval_s=0.02, batch_size=64,
+                    tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
+    faults = ["429;times=1", "500;times=1", "cut"]
+    before = len(emulator.emulator.served)
+
+    def headers(rng: random.Random) -> dict[str, str]:
+        return {"x-emulator-fault": rng.choice(faults)} if rng.random() < 0.1 else {}
+
+    client = tel.instrument(AnthropicFoundry(api_key=API_KEY, base_url=emulator.base_url))
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(6):
+            with usage_context(team=f"t{seed % 5}"), contextlib.suppress(Exception):
+                list(client.messages.create(model="claude-haiku-4-5", max_tokens=8, messages=MSG,
+                                            stream=rng.random() < 0.5, extra_headers=headers(rng)))
+
+    async def crowd() -> None:
+        aclient = tel.instrument(AsyncAnthropicFoundry(api_key=API_KEY, base_url=emulator.base_url))
+
+        async def task(seed: int) -> None:
+            rng = random.Random(1000 + seed)
+            for _ in range(2):
+                with usage_context(team=f"a{seed % 7}"), contextlib.suppress(Exception):
+                    await aclient.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=MSG,
+                                                  extra_headers=headers(rng))
+
+        await asyncio.gather(*(task(i) for i in range(64)))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    asyncio.run(crowd())
+    for t in threads:
+        t.join()
+    assert tel.flush(30)
+    tel.shutdown()
+    served = emulator.emulator.served[before:]
+    assert len(served) >= 16 * 6 + 64 * 2
+    assert_ledger_exact(url, served)
+
+
+# -- set-aside rows, the spool command, and visible loss -------------------------------------------
+
+def test_spool_command_shows_reasons_and_requeues(tmp_path):
+    from typer.testing import CliRunner
+
+    from telemetry.cli import app
+    from telemetry.health import Health
+    from telemetry.ledger.spool import Spool
+    from telemetry.ledger.writer import LedgerWriter
+    from telemetry.settings import Settings
+
+    from .helpers import make_record
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url)
+    spool_dir = tmp_path / "spool"
+    good, bad = make_record(1), make_record(2)
+    bad.team = "\ud800"  # a lone surrogate: no encoding can store it, the database refuses this row
+    Spool(spool_dir).append([good, bad])
+    writer = LedgerWriter(Settings(db_url=url, spool_dir=str(spool_dir), batch_interval_s=0.02), Health())
+    assert writer.flush(30)
+    writer.close()
+    assert [r.request_id for r in rows(url)] == ["req_1"]
+    runner = CliRunner()
+    out = runner.invoke(app, ["spool", "status", "--db", url, "--spool-dir", str(spool_dir), "--format", "json"])
+    assert out.exit_code == 0, out.output
+    status = json.loads(out.output)
+    assert status["rejected_records"] == 1 and status["pending_records"] == 0
+    (why,) = status["reasons"]
+    assert "surrogate" in why or "encode" in why.lower()
+    text = runner.invoke(app, ["spool", "--db", url, "--spool-dir", str(spool_dir)]).output
+    assert "set aside:   1 records" in text and why in text
+    # the cause is fixed (here: the row itself), then requeued and replayed once
+    (kept,) = (spool_dir / "rejected").glob("*.jsonl")
+    kept.write_text(kept.read_text().replace('"team":"\\ud800"', '"team":"search"'))
+    out = runner.invoke(app, ["spool", "requeue", "--db", url, "--spool-dir", str(spool_dir)])
+    assert out.exit_code == 0 and "requeued 1 records" in out.output
+    writer = LedgerWriter(Settings(db_url=url, spool_dir=str(spool_dir), batch_interval_s=0.02), Health())
+    assert writer.flush(30)
+    writer.close()
+    assert sorted(r.request_id for r in assert_ledger_exact(url)) == ["req_1", "req_2"]
+    assert json.loads(runner.invoke(app, ["spool", "status", "--spool-dir", str(spool_dir), "--format",
+                                          "json"]).output)["rejected_records"] == 0
+
+
+def test_failures_are_counted_exported_and_logged_at_a_bounded_rate(otel, caplog):
+    import logging
+
+    from telemetry.health import Health
+    from telemetry.names import FOUNDRY_FAILURE_KIND, METRIC_FAILURES
+
+    health = Health(otel.meter_provider, log_every_s=0.2)
+    with caplog.at_level(logging.WARNING, logger="telemetry"):
+        for _ in range(50):
+            health.failed("ledger_write", OSError("disk I/O error"))
+        time.sleep(0.25)
+        health.failed("ledger_write", OSError("disk I/O error"))
+        health.failed("spool_write", message="no room")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([m for m in lines if "ledger_write" in m]) == 2  # the first at once, then one with the count
+    assert any("50 times" in m for m in lines), lines
+    points = {p.attributes[FOUNDRY_FAILURE_KIND]: p.value for p in otel.points(METRIC_FAILURES)}
+    assert points == {"ledger_write": 51, "spool_write": 1}
+    assert health.why()["spool_write"] == "no room"
+
+
+def test_flush_is_false_while_records_are_not_durable(emulator, otel, tmp_path):
+    """Database down and the spool folder unusable: nothing durable, so flush says False and health says why;
+    once the disk is back the held records are spooled, then replayed."""
+    from anthropic import AnthropicFoundry
+
+    from telemetry import Telemetry
+
+    from .conftest import API_KEY, MSG
+
+    blocker = tmp_path / "spool"
+    blocker.write_text("a file where the spool folder should be")
+    url = f"sqlite:///{tmp_path / 'nodir' / 'x' / 'ledger.db'}"
+    (tmp_path / "nodir").write_text("a file where the ledger's folder should be")
+    tel = Telemetry(db_url=url, spool_dir=str(blocker), batch_interval_s=0.02,
+                    tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
+    client = tel.instrument(AnthropicFoundry(api_key=API_KEY, base_url=emulator.base_url))
+    before = len(emulator.emulator.served)
+    for _ in range(3):
+        client.messages.create(model="claude-haiku-4-5", max_tokens=8, messages=MSG)
+    assert tel.flush(10) is False
+    assert "spool_write" in tel.health.why()
+    blocker.unlink()  # the disk is back
+    (tmp_path / "nodir").unlink()
+    deadline = time.monotonic() + 30
+    while not (tel.flush(10) and not tel.ledger.spool.pending()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    tel.shutdown()
+    assert_ledger_exact(url, emulator.emulator.served[before:])
