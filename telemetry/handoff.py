@@ -16,6 +16,7 @@ class Handoff(Generic[T]):
         self._event = threading.Event()
         self.maxsize = maxsize
         self._wake_at = max(1, wake_at)
+        self._sleeping = False  # the consumer is in a long idle wait: the next put wakes it
 
     def put(self, item: T) -> bool:
         """False when full (the caller decides what full means); never blocks."""
@@ -23,7 +24,8 @@ class Handoff(Generic[T]):
         if len(items) >= self.maxsize:
             return False
         items.append(item)
-        if len(items) == self._wake_at:
+        if len(items) == self._wake_at or self._sleeping:
+            self._sleeping = False
             self._event.set()
         return True
 
@@ -34,6 +36,14 @@ class Handoff(Generic[T]):
 
     def wait(self, timeout: float | None) -> None:
         self._event.wait(timeout)
+        self._event.clear()
+
+    def sleep(self, timeout: float | None) -> None:
+        """An idle wait that the first `put` ends (one wake-up per idle spell, not per call)."""
+        self._sleeping = True
+        if not self._items:  # checked after the flag: a put racing with us either sees it or is seen here
+            self._event.wait(timeout)
+        self._sleeping = False
         self._event.clear()
 
     def drain(self) -> list[T]:

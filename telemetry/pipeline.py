@@ -19,6 +19,7 @@ from .record import UsageRecord
 # how often the worker looks for captures when fewer than a batch are waiting: the journal (and so what a
 # SIGKILL can lose) is never further behind the calls than this
 POLL_S = 0.005
+IDLE_AFTER_POLLS = 40  # this many empty polls in a row (0.2 s) and the worker sleeps until the next capture
 # token counts beyond this are not a real response (and would overflow the ledger's integer columns)
 MAX_TOKENS_VALUE = 10**12
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_creation_5m_input_tokens",
@@ -71,10 +72,15 @@ class Pipeline:
 
     def _run(self) -> None:
         stop = False
+        empty = 0
         while not stop:
             try:
-                self._queue.wait(POLL_S)
+                if empty >= IDLE_AFTER_POLLS:
+                    self._queue.sleep(1.0)
+                else:
+                    self._queue.wait(POLL_S)
                 items = self._queue.drain()
+                empty = 0 if items else empty + 1
                 for item in items:  # everything drained is processed, even after the stop marker
                     if item is None:
                         stop = True
