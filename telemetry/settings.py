@@ -81,12 +81,21 @@ class Settings:
     def resolved_spool_dir(self) -> Path:
         """A spool belongs to one ledger, so its rows only ever replay into the ledger they were written for:
         next to a SQLite file, else `~/.cache/foundry-telemetry/spool/<hash of the URL without password>`."""
-        if self.spool_dir:
-            return Path(self.spool_dir).expanduser()
+        if self.spool_dir:  # as given, unless it already belongs to another ledger (its LEDGER marker)
+            folder = Path(self.spool_dir).expanduser()
+            key = ledger_key(self.db_url)
+            try:
+                owner = (folder / LEDGER_MARKER).read_text().strip()
+            except (OSError, UnicodeDecodeError):
+                owner = key
+            return folder if owner == key else folder / "ledgers" / key
         if self.db_url.startswith("sqlite:///") and self.db_url.split("?")[0] != "sqlite:///:memory:":
             db = Path(self.db_url.removeprefix("sqlite:///").split("?")[0]).expanduser()
             return db.with_name(db.name + ".spool")
         return Path.home() / ".cache" / "foundry-telemetry" / "spool" / ledger_key(self.db_url)
+
+
+LEDGER_MARKER = "LEDGER"  # in a spool folder: the ledger_key of the ledger it belongs to
 
 
 def ledger_key(url: str) -> str:

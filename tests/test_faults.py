@@ -633,3 +633,31 @@ def test_flush_is_false_while_records_are_not_durable(emulator, otel, tmp_path):
         time.sleep(0.1)
     tel.shutdown()
     assert_ledger_exact(url, emulator.emulator.served[before:])
+
+
+def test_an_explicit_spool_folder_shared_by_two_ledgers_splits(tmp_path):
+    from telemetry.health import Health
+    from telemetry.ledger.writer import LedgerWriter
+    from telemetry.settings import Settings
+
+    from .helpers import make_record
+
+    shared = str(tmp_path / "spool")
+    a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    upgrade(a)
+    first = LedgerWriter(Settings(db_url=a, spool_dir=shared, batch_interval_s=0.02), Health())
+    first.flush(30)
+    first.close()
+    assert first.spool.directory == Path(shared)
+    second = Settings(db_url=b, spool_dir=shared)
+    assert second.resolved_spool_dir != Path(shared)  # the folder belongs to ledger a
+    other = LedgerWriter(second, Health(), start=False)
+    other.spool.append([make_record(1)])
+    writer = LedgerWriter(Settings(db_url=a, spool_dir=shared, batch_interval_s=0.02), Health())
+    assert writer.flush(30)
+    writer.close()
+    assert rows(a) == []  # b's spooled row never replays into a
+    writer = LedgerWriter(second, Health())
+    assert writer.flush(30)
+    writer.close()
+    assert [r.request_id for r in assert_ledger_exact(b)] == ["req_1"]

@@ -139,10 +139,28 @@ def parse_lines(data: bytes) -> tuple[list[UsageRecord], list[bytes]]:
 
 
 class Spool:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, ledger: str | None = None) -> None:
         self.directory = Path(directory)
+        self.ledger = ledger  # the ledger_key this folder belongs to, written as its LEDGER marker
         self._seq = itertools.count()
         self._lock = threading.Lock()
+        self._marked = ledger is None
+
+    def prepare(self) -> None:
+        """Create the folder and claim it for its ledger (the LEDGER marker), once."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self._marked:
+            from ..settings import LEDGER_MARKER
+
+            marker = self.directory / LEDGER_MARKER
+            try:
+                with open(marker, "x", encoding="utf-8") as fh:
+                    fh.write(f"{self.ledger}\n")
+            except FileExistsError:
+                pass
+            except OSError:
+                return
+            self._marked = True
 
     @property
     def rejected_dir(self) -> Path:
@@ -159,7 +177,7 @@ class Spool:
 
     def append(self, records: Iterable[UsageRecord]) -> Path:
         data = _lines(records).encode("utf-8")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.prepare()
         final = self.directory / self._name()
         write_durably(final, data)
         return final

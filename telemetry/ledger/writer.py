@@ -19,7 +19,7 @@ from pathlib import Path
 from ..handoff import Handoff
 from ..health import Health
 from ..record import UsageRecord
-from ..settings import Settings
+from ..settings import Settings, ledger_key
 from .db import ensure_schema, get_engine
 from .faults import REFUSED, classify, is_unavailable, reason
 from .journal import Journal, recover
@@ -51,7 +51,7 @@ class LedgerWriter:
     def __init__(self, settings: Settings, health: Health, *, start: bool = True) -> None:
         self.settings = settings
         self.health = health
-        self.spool = Spool(settings.resolved_spool_dir)
+        self.spool = Spool(settings.resolved_spool_dir, ledger_key(settings.db_url))
         self.journal: Journal | None = Journal(self.spool.directory / "journal") \
             if getattr(settings, "journal", True) else None
         self._queue: Handoff[UsageRecord | _Marker | None] = Handoff(settings.queue_size, wake_at=settings.batch_size)
@@ -123,6 +123,7 @@ class LedgerWriter:
         deadline = 0.0
         interval, size = self.settings.batch_interval_s, self.settings.batch_size
         self._safely("spool_clean", self.spool.clean_stale_tmp)
+        self._safely("spool_mark", self.spool.prepare)
         while True:
             try:
                 busy = self._held or self._has_spool()
