@@ -685,8 +685,9 @@ def test_postgres_dropped_mid_batch_then_back(tmp_path):
     via = parsed.set(port=proxy.port).render_as_string(hide_password=False)
     writer = LedgerWriter(Settings(db_url=via, spool_dir=str(tmp_path / "spool"), batch_size=2000,
                                    batch_interval_s=0.02, queue_size=100_000), Health())
-    assert writer.flush(30)
     records = [make_record(i, team=f"t{i % 9}") for i in range(12_000)]
+    writer.write(records[0])
+    assert writer.flush(30) and writer.written == 1  # connected: the cut below hits a live connection
 
     def cut() -> None:
         time.sleep(0.05)
@@ -696,7 +697,7 @@ def test_postgres_dropped_mid_batch_then_back(tmp_path):
 
     cutter = threading.Thread(target=cut)
     cutter.start()
-    for r in records:
+    for r in records[1:]:
         writer.write(r)
     cutter.join()
     deadline = time.monotonic() + 40
