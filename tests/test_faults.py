@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from telemetry.ledger.db import get_engine, upgrade
 from telemetry.ledger.models import COST_SCALE, UsageDailyLatencyRow, UsageDailyRow
+from telemetry.ledger.store import is_error
 
 from .conftest import rows
 
@@ -48,7 +49,7 @@ def assert_ledger_exact(url: str, served: list[dict[str, Any]] | None = None) ->
         s[1] += r.input_tokens
         s[2] += r.output_tokens
         s[3] += r.cost_usd or 0
-        s[4] += r.error_type is not None or (r.status_code or 0) >= 400
+        s[4] += is_error(r)  # the store's own rule of what counts as an error
         expected[key] += 1
     t = UsageDailyRow.__table__
     with get_engine(url).connect() as conn:

@@ -162,6 +162,9 @@ class LedgerWriter:
                 if stop:
                     if self.journal is not None:
                         self.journal.close(durable=not batch and not self._held)
+                    if self._held:  # neither database nor disk at exit: only the journal (if any) has them
+                        self.health.failed("ledger_exit", message=f"{len(self._held)} records not durable at "
+                                                                  "shutdown (left to the journal, if writable)")
                     return
             except Exception as exc:  # never die: count it, say it, go on
                 self.health.failed("ledger_loop", exc)
