@@ -1,6 +1,7 @@
 """A writing process for the fault tests: the real SDK against the emulator, through `Telemetry.from_env`.
 
-Commands on stdin, one a line; each answers one line on stdout:
+With DRIVER_FORK=N (and DRIVER_CALLS="CALLS THREADS"): N writers forked after the imports, no commands.
+Otherwise commands on stdin, one a line; each answers one line on stdout:
   calls N [THREADS]   N calls (spread over THREADS threads, random teams, 10 % faults) → "done N"
   loop                calls until killed, one "ok <epoch> <request-id>" line per returned call
   fsize BYTES         RLIMIT_FSIZE soft limit (SIGXFSZ ignored: writes past it fail with EFBIG) → "ok"
@@ -52,7 +53,51 @@ def one_call(client: AnthropicFoundry, rng: random.Random) -> str | None:
             return None
 
 
+def _writer(i: int, calls: int, threads: int) -> None:
+    tel = Telemetry.from_env(batch_interval_s=float(os.environ.get("DRIVER_BATCH_S", "0.02")),
+                             batch_size=int(os.environ.get("DRIVER_BATCH_N", "50")))
+    client = tel.instrument(AnthropicFoundry(api_key="k", base_url=os.environ["EMULATOR_BASE_URL"]))
+
+    def work(k: int, seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(k):
+            one_call(client, rng)
+
+    ts = [threading.Thread(target=work, args=(calls // threads + (j < calls % threads), i * 100 + j))
+          for j in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    ok = tel.flush(60)
+    tel.shutdown()
+    sys.stdout.write(json.dumps({"flushed": ok, "failures": tel.health.snapshot()}) + "\n")
+    sys.stdout.flush()
+
+
+def forked(n: int, calls: int, threads: int) -> None:
+    """DRIVER_FORK=N: N writer processes forked from this one after the imports (one start-up, not N),
+    each making `calls` calls over `threads` threads; one JSON line of its failure counts each."""
+    pids = []
+    for i in range(n):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                _writer(i, calls, threads)
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    codes = [os.waitpid(pid, 0)[1] for pid in pids]
+    sys.exit(0 if not any(codes) else 1)
+
+
 def main() -> None:
+    if os.environ.get("DRIVER_FORK"):
+        calls, threads = (int(x) for x in os.environ.get("DRIVER_CALLS", "80 4").split())
+        forked(int(os.environ["DRIVER_FORK"]), calls, threads)
+        return
     batch_s = float(os.environ.get("DRIVER_BATCH_S", "0.02"))
     tel = Telemetry.from_env(batch_interval_s=batch_s, batch_size=int(os.environ.get("DRIVER_BATCH_N", "50")))
     client = tel.instrument(AnthropicFoundry(api_key="k", base_url=os.environ["EMULATOR_BASE_URL"], max_retries=2))
