@@ -16,6 +16,7 @@ import httpx2
 from .capture.hooks import Capturer
 from .capture.middleware import TelemetryMiddleware
 from .capture.transport import transport_classes
+from .export import ensure_otlp_export
 from .health import Health
 from .otel import OTelSink, configure_azure_monitor_export
 from .pipeline import Pipeline, RecordSink
@@ -85,8 +86,10 @@ class Telemetry:
         self.settings = settings.with_(**options) if settings else Settings.from_env({}, **options)
         self.health = Health()
         self.prices = load_price_table(self.settings.prices_path, self.settings.deployments)
-        if self.settings.connection_string and tracer_provider is None and meter_provider is None:
-            _ensure_azure_monitor(self.settings.connection_string)
+        if tracer_provider is None and meter_provider is None:  # the caller's own providers win
+            if self.settings.connection_string:
+                _ensure_azure_monitor(self.settings.connection_string)
+            ensure_otlp_export(self.health.failed, join_existing=_azure_configured is not None)
         self._otel = OTelSink(tracer_provider, meter_provider)
         all_sinks: list[RecordSink] = list(sinks or ())
         self.ledger = None
