@@ -16,7 +16,7 @@ import httpx2
 from .capture.hooks import Capturer
 from .capture.middleware import TelemetryMiddleware
 from .capture.transport import transport_classes
-from .export import ensure_otlp_export
+from .export import OtlpExporters, install_otlp, otlp_exporters
 from .health import Health
 from .otel import OTelSink, configure_azure_monitor_export
 from .pipeline import Pipeline, RecordSink
@@ -32,11 +32,11 @@ _live: weakref.WeakSet[Telemetry] = weakref.WeakSet()
 _sigterm_installed = False
 
 
-def _ensure_azure_monitor(connection_string: str) -> None:
+def _ensure_azure_monitor(connection_string: str, otlp: OtlpExporters | None = None) -> None:
     global _azure_configured
     with _azure_lock:
         if _azure_configured is None:
-            configure_azure_monitor_export(connection_string)
+            configure_azure_monitor_export(connection_string, otlp)
             _azure_configured = connection_string
         elif _azure_configured != connection_string:
             log.warning("foundry-telemetry: Azure Monitor is already configured in this process; "
@@ -87,9 +87,10 @@ class Telemetry:
         self.health = Health()
         self.prices = load_price_table(self.settings.prices_path, self.settings.deployments)
         if tracer_provider is None and meter_provider is None:  # the caller's own providers win
+            otlp = otlp_exporters(self.health.failed)  # OTEL_EXPORTER_OTLP_*, once per process
             if self.settings.connection_string:
-                _ensure_azure_monitor(self.settings.connection_string)
-            ensure_otlp_export(self.health.failed, join_existing=_azure_configured is not None)
+                _ensure_azure_monitor(self.settings.connection_string, otlp)
+            install_otlp(otlp, self.health.failed)  # alone, or what Azure Monitor did not take
         self._otel = OTelSink(tracer_provider, meter_provider)
         all_sinks: list[RecordSink] = list(sinks or ())
         self.ledger = None

@@ -8,15 +8,12 @@ alone (it owns its export). A missing extra or a bad setting is one warning, and
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
-
-log = logging.getLogger("telemetry")
 
 ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 PROTOCOL = "OTEL_EXPORTER_OTLP_PROTOCOL"
@@ -44,11 +41,12 @@ def _shown(url: str) -> str:
     """A URL fit for a log line: no user info, query or fragment (they can hold credentials)."""
     try:
         parts = urlsplit(url)
-        host = parts.hostname or ""
+        if not parts.netloc:
+            return repr(url[:80])
         port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return repr(url[:80])
-    return repr(f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else url[:80])
+        return repr(f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}")
+    except ValueError:  # a port that is not a number: show the host part only
+        return repr(url.rpartition("@")[2].split("?")[0][:80])
 
 
 def _valid(url: str) -> bool:
@@ -86,91 +84,104 @@ def plan(env: Mapping[str, str] | None = None) -> OtlpPlan:
     return out
 
 
-def _exporters(p: OtlpPlan) -> tuple[Any, Any]:
-    """(span processor or None, metric reader or None) for the planned signals."""
-    processor = reader = None
+@dataclass
+class OtlpExporters:
+    """The OTLP span processor and metric reader the environment asked for (None where it did not)."""
+
+    processor: Any = None
+    reader: Any = None
+    taken: bool = False  # Azure Monitor's providers carry them
+
+    def __bool__(self) -> bool:
+        return self.processor is not None or self.reader is not None
+
+    def azure_kwargs(self) -> dict[str, list[Any]]:
+        """For `configure_azure_monitor`, which adds them to the providers it installs."""
+        out: dict[str, list[Any]] = {}
+        if self.processor is not None:
+            out["span_processors"] = [self.processor]
+        if self.reader is not None:
+            out["metric_readers"] = [self.reader]
+        return out
+
+
+def _build(p: OtlpPlan) -> OtlpExporters:
+    out = OtlpExporters()
     if "traces" in p.endpoints:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=p.endpoints["traces"]))
+        out.processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=p.endpoints["traces"]))
     if "metrics" in p.endpoints:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=p.endpoints["metrics"]))
-    return processor, reader
+        out.reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=p.endpoints["metrics"]))
+    return out
 
 
-def _install(processor: Any, reader: Any, join_existing: bool) -> list[str]:
-    """Put the exporters on the global providers; returns what could not be done."""
-    from opentelemetry import metrics, trace
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-
-    skipped: list[str] = []
-    resource = Resource.create()
-    if processor is not None:
-        current = trace.get_tracer_provider()
-        if isinstance(current, TracerProvider) and join_existing:
-            current.add_span_processor(processor)
-        elif isinstance(current, trace.ProxyTracerProvider):
-            # flushed and shut down by Telemetry.shutdown (at exit, after the pipeline drained), not by the
-            # SDK's own exit hook, which would run first and drop the last spans
-            provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-            provider.add_span_processor(processor)
-            trace.set_tracer_provider(provider)
-        else:
-            skipped.append("traces")
-    if reader is not None:
-        current_meter = metrics.get_meter_provider()
-        if isinstance(current_meter, MeterProvider) and join_existing and hasattr(current_meter,
-                                                                                   "add_metric_reader"):
-            current_meter.add_metric_reader(reader)
-        elif type(current_meter).__name__ == "_ProxyMeterProvider":
-            metrics.set_meter_provider(MeterProvider(metric_readers=[reader], resource=resource,
-                                                     shutdown_on_exit=False))
-        else:
-            skipped.append("metrics")
-    return skipped
-
-
-def ensure_otlp_export(failed: Any, *, join_existing: bool = False, env: Mapping[str, str] | None = None) -> bool:
-    """Once per process: OTLP exporters for the signals the environment asks for. `join_existing`: the
-    global providers are ours (Azure Monitor set them up), so the OTLP exporters join them.
-    `failed(kind, exc, message)` counts and logs a failure once. True when an exporter was installed."""
+def otlp_exporters(failed: Any, env: Mapping[str, str] | None = None) -> OtlpExporters:
+    """Once per process: the exporters for the signals the environment asks for; empty on later calls,
+    when nothing is asked, or when a setting is bad. `failed(kind, exc, message)` counts and logs once."""
     global _done
     p = plan(env)
     if not p.wanted:
-        return False
+        return OtlpExporters()
     with _lock:
         if _done:
-            return False
+            return OtlpExporters()
         _done = True
-        if p.problems:
-            failed("otlp_config", None, "; ".join(f"{why}: OTLP {' and '.join(signals)} export off"
-                                                  for why, signals in p.problems.items()))
-        if not p.endpoints:
-            return False
-        try:
-            processor, reader = _exporters(p)
-        except ImportError:
-            failed("otlp_config", None, f"{ENDPOINT} is set but the OTLP exporter is not installed "
-                                        f"({EXTRA_HINT}); OTLP export off")
-            return False
-        except Exception as exc:  # e.g. a malformed OTEL_EXPORTER_OTLP_HEADERS or OTEL_BSP_* value
-            failed("otlp_config", exc, None)
-            return False
-        try:
-            skipped = _install(processor, reader, join_existing)
-        except Exception as exc:  # never into the app
-            failed("otlp_config", exc, None)
-            return False
-        if skipped:
-            failed("otlp_config", None, f"the app installed its own {' and '.join(skipped)} provider; "
-                                        "foundry-telemetry leaves it as it is (add an OTLP exporter there)")
-        return len(skipped) < len(p.endpoints)
+    if p.problems:
+        failed("otlp_config", None, "; ".join(f"{why}: OTLP {' and '.join(signals)} export off"
+                                              for why, signals in p.problems.items()))
+    if not p.endpoints:
+        return OtlpExporters()
+    try:
+        return _build(p)
+    except ImportError:
+        failed("otlp_config", None, f"{ENDPOINT} is set but the OTLP exporter is not installed "
+                                    f"({EXTRA_HINT}); OTLP export off")
+    except Exception as exc:  # e.g. a malformed OTEL_EXPORTER_OTLP_HEADERS or OTEL_BSP_* value
+        failed("otlp_config", exc, None)
+    return OtlpExporters()
+
+
+def install_otlp(exporters: OtlpExporters, failed: Any) -> bool:
+    """OTLP alone (or beside an Azure Monitor set-up that did not happen): SDK providers of our own as the
+    global ones. Providers the app installed itself are left alone. True when something was installed."""
+    if not exporters or exporters.taken:
+        return False
+    try:
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+
+        skipped: list[str] = []
+        resource = Resource.create()
+        # shutdown_on_exit=False: Telemetry's own exit hook flushes them after the pipeline drained; the
+        # SDK's hook would run first (registered later) and drop the last spans
+        if exporters.processor is not None:
+            if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+                provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+                provider.add_span_processor(exporters.processor)
+                trace.set_tracer_provider(provider)
+            else:
+                skipped.append("tracer")
+        if exporters.reader is not None:
+            if type(metrics.get_meter_provider()).__name__ == "_ProxyMeterProvider":
+                metrics.set_meter_provider(MeterProvider(metric_readers=[exporters.reader], resource=resource,
+                                                         shutdown_on_exit=False))
+            else:
+                skipped.append("meter")
+        exporters.taken = True
+    except Exception as exc:  # never into the app
+        failed("otlp_config", exc, None)
+        return False
+    if skipped:
+        failed("otlp_config", None, f"the app installed its own {' and '.join(skipped)} provider; "
+                                    "foundry-telemetry leaves it as it is (add the OTLP exporter there)")
+    return len(skipped) < (exporters.processor is not None) + (exporters.reader is not None)
 
 
 def _reset_for_tests() -> None:

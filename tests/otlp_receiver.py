@@ -58,11 +58,11 @@ class OtlpReceiver:
                     body = zlib.decompress(body)
                 outer.paths.append(self.path)
                 outer.content_types.add(self.headers.get("content-type") or "")
-                if self.path == "/v1/traces":
+                if self.path.endswith("/v1/traces"):
                     request, reply = ExportTraceServiceRequest(), ExportTraceServiceResponse()
                     request.ParseFromString(body)
                     outer.traces.append(request)
-                elif self.path == "/v1/metrics":
+                elif self.path.endswith("/v1/metrics"):
                     request, reply = ExportMetricsServiceRequest(), ExportMetricsServiceResponse()
                     request.ParseFromString(body)
                     outer.metrics.append(request)
