@@ -48,6 +48,13 @@ def _shutdown_all() -> None:
         tel.shutdown()
 
 
+def _exit_hook_last() -> None:
+    """atexit runs the last-registered hook first: SDK providers installed just now registered their own
+    shutdown; re-registering ours makes the pipeline drain into them before they shut down."""
+    atexit.unregister(_shutdown_all)
+    atexit.register(_shutdown_all)
+
+
 def _install_sigterm() -> None:
     """Flush on SIGTERM, then die as SIGTERM would have. Only where nobody else handles it."""
     global _sigterm_installed
@@ -91,6 +98,8 @@ class Telemetry:
             if self.settings.connection_string:
                 _ensure_azure_monitor(self.settings.connection_string, otlp)
             install_otlp(otlp, self.health.failed)  # alone, or what Azure Monitor did not take
+            if self.settings.connection_string or otlp:
+                _exit_hook_last()
         self._otel = OTelSink(tracer_provider, meter_provider)
         all_sinks: list[RecordSink] = list(sinks or ())
         self.ledger = None

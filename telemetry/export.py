@@ -159,19 +159,16 @@ def install_otlp(exporters: OtlpExporters, failed: Any) -> bool:
 
         skipped: list[str] = []
         resource = Resource.create()
-        # shutdown_on_exit=False: Telemetry's own exit hook flushes them after the pipeline drained; the
-        # SDK's hook would run first (registered later) and drop the last spans
         if exporters.processor is not None:
             if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-                provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+                provider = TracerProvider(resource=resource)
                 provider.add_span_processor(exporters.processor)
                 trace.set_tracer_provider(provider)
             else:
                 skipped.append("tracer")
         if exporters.reader is not None:
             if type(metrics.get_meter_provider()).__name__ == "_ProxyMeterProvider":
-                metrics.set_meter_provider(MeterProvider(metric_readers=[exporters.reader], resource=resource,
-                                                         shutdown_on_exit=False))
+                metrics.set_meter_provider(MeterProvider(metric_readers=[exporters.reader], resource=resource))
             else:
                 skipped.append("meter")
         exporters.taken = True

@@ -158,6 +158,22 @@ def test_beside_azure_monitor_per_signal_with_latest_names(otlp_beside_azure):
     assert "gen_ai.client.token.usage" not in azure_metrics
 
 
+def test_exit_hook_delivers_everything_without_flush(tmp_path):
+    """An app that never calls flush()/shutdown(): our exit hook must run before the SDK providers' own
+    (atexit is last-in-first-out), or the last spans would meet a shut-down exporter."""
+    with OtlpReceiver() as receiver, CaptureServer() as azure:
+        result = run_driver(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                                       "APPLICATIONINSIGHTS_CONNECTION_STRING": azure.connection_string()},
+                            "--exit-flushes")
+    served = {s["request-id"] for s in result["served"]}
+    assert {s["attributes"]["foundry.request_id"] for s in ours(receiver.spans())} == served
+    assert {e["data"]["baseData"]["properties"]["foundry.request_id"] for e in azure.of_type("RemoteDependencyData")
+            if "foundry.request_id" in e["data"]["baseData"].get("properties", {})} == served
+    duration = receiver.metric_points()["gen_ai.client.operation.duration"]
+    assert max(int(p["count"]) for p in duration) >= 1
+    assert rows(f"sqlite:///{tmp_path / 'ledger.db'}") and len(rows(f"sqlite:///{tmp_path / 'ledger.db'}")) == 5
+
+
 @pytest.mark.parametrize(("env", "endpoints", "problem"), [
     ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"},
      {"traces": "http://c:4318/v1/traces", "metrics": "http://c:4318/v1/metrics"}, None),
