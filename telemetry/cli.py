@@ -274,7 +274,8 @@ def db_upgrade(db: DbOpt = None) -> None:
 prices_app = typer.Typer(invoke_without_command=True,
                          help="The price table in force; `prices check FILE` compares it with LiteLLM's.")
 app.add_typer(prices_app, name="prices")
-PricesOpt = Annotated[Path | None, typer.Option("--prices", help="TOML price file (overrides FOUNDRY_TELEMETRY_PRICES)")]
+PricesOpt = Annotated[Path | None, typer.Option("--prices",
+                                                help="TOML price file (overrides FOUNDRY_TELEMETRY_PRICES)")]
 HiddenDb = Annotated[str | None, typer.Option("--db", hidden=True, help="accepted like everywhere; unused")]
 
 

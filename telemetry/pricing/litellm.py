@@ -139,9 +139,9 @@ def check(table: PriceTable, path: str | Path, today: dt.date | None = None) -> 
         elif period.tier is not None:
             _compare(result, model, key, period.tier.rates, entry, f"_above_{tiers[0]}k_tokens",
                      f"above {mine}: ")
-        if "deprecation_date" in entry and price.retirement is not None:
-            if str(entry["deprecation_date"])[:10] != price.retirement.isoformat():
-                result.mismatches.append(Mismatch(model, "retirement", price.retirement.isoformat(),
-                                                  str(entry["deprecation_date"]), f"{key}: deprecation_date"))
+        if ("deprecation_date" in entry and price.retirement is not None
+                and str(entry["deprecation_date"])[:10] != price.retirement.isoformat()):
+            result.mismatches.append(Mismatch(model, "retirement", price.retirement.isoformat(),
+                                              str(entry["deprecation_date"]), f"{key}: deprecation_date"))
     result.missing_in_table.sort()
     return result

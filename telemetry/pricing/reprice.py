@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, String, and_, or_, select, type_coerce, update
+from sqlalchemy import Engine, String, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..ledger.models import COST_SCALE, UsageDailyRow, UsageRecordRow
@@ -94,13 +94,14 @@ def reprice(engine: Engine, table: PriceTable, since: dt.date, until: dt.date, *
               "unpriced": d.c.unpriced + upsert.excluded.unpriced})
     text = engine.dialect.name == "sqlite"
     raw = type_coerce(t.c.cost_usd, String) if text else t.c.cost_usd
-    cursor: tuple[dt.datetime, str] | None = None
+    cursor: str | None = None  # keyset on the id: on SQLite created_at compares as text, written two ways
     days: set[dt.date] = set()
     while True:
-        stmt = select(*(t.c[c] for c in _COLUMNS), raw.label("raw_cost")).where(t.c.created_at >= start, t.c.created_at < end)
+        stmt = (select(*(t.c[c] for c in _COLUMNS), raw.label("raw_cost"))
+                .where(t.c.created_at >= start, t.c.created_at < end))
         if cursor is not None:
-            stmt = stmt.where(or_(t.c.created_at > cursor[0], and_(t.c.created_at == cursor[0], t.c.id > cursor[1])))
-        stmt = stmt.order_by(t.c.created_at, t.c.id).limit(batch_size)
+            stmt = stmt.where(t.c.id > cursor)
+        stmt = stmt.order_by(t.c.id).limit(batch_size)
         # one transaction per batch: rows and their daily totals commit together (SQLite: BEGIN IMMEDIATE)
         with (engine.connect() if dry_run else engine.begin()) as conn:
             rows = conn.execute(stmt).all()
@@ -121,9 +122,10 @@ def reprice(engine: Engine, table: PriceTable, since: dt.date, until: dt.date, *
                     result.unpriced_after += old is None
                     continue
                 if not dry_run:
-                    done = conn.execute(update(t).where(t.c.id == row.id, t.c.created_at == row.created_at,
-                                                        _same_cost(t.c.cost_usd, row, text))
-                                        .values(cost_usd=new)).rowcount
+                    where = [t.c.id == row.id, _same_cost(t.c.cost_usd, row, text)]
+                    if not text:  # PostgreSQL: the partition key too, so only one day's partition is touched
+                        where.append(t.c.created_at == row.created_at)
+                    done = conn.execute(update(t).where(*where).values(cost_usd=new)).rowcount
                     if done != 1:  # changed under us: it keeps what it has, the totals stay consistent
                         result.skipped += 1
                         result.after_usd += old or 0
@@ -140,7 +142,7 @@ def reprice(engine: Engine, table: PriceTable, since: dt.date, until: dt.date, *
                                       for key, (c, u) in deltas.items()])
             days.update(key[0] for key in deltas)
             last = rows[-1]
-            cursor = (last.created_at, last.id)
+            cursor = last.id
         if progress is not None:
             progress(result.rows)
         if len(rows) < batch_size:
