@@ -270,3 +270,35 @@ def test_prices_check_against_litellm_fixture(tmp_path):
     bad.write_text("{not json")
     out = cli("prices", "check", str(bad))
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "not valid JSON" in out.stderr
+
+
+def test_reprice_while_writers_run_keeps_totals_equal_to_rows(mispriced):
+    import threading
+
+    from telemetry.pricing.reprice import reprice
+
+    url, _ = mispriced
+    engine = get_engine(url)
+    table = load_price_table()
+    store = LedgerStore(engine)
+    late = dt.datetime(2026, 10, 21, 9, tzinfo=UTC)
+    read = {"input_tokens": 1000, "cache_read_input_tokens": 1_000_000, "output_tokens": 100}
+    written: list[int] = []
+
+    def writer() -> None:
+        for batch in range(12):
+            recs = [_rec(1000 + batch * 10 + k, late + dt.timedelta(seconds=batch * 10 + k), "claude-sonnet-5-5",
+                         "0.2030000000", **read) for k in range(10)]
+            written.append(store.insert(recs))
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    results = [reprice(engine, table, dt.date(2026, 9, 1), dt.date(2026, 12, 31), batch_size=7) for _ in range(3)]
+    thread.join()
+    assert sum(written) == 120 and results[0].changed >= 5
+    assert (daily(url)["cost_e10"], daily(url)["unpriced"]) == row_sums(url)  # never a drift while both ran
+    reprice(engine, table, dt.date(2026, 9, 1), dt.date(2026, 12, 31), batch_size=50)
+    assert all(r.cost_usd == Decimal("0.103") for r in rows(url) if int(r.request_id[4:]) >= 1000)
+    assert (daily(url)["cost_e10"], daily(url)["unpriced"]) == row_sums(url)
+    again = reprice(engine, table, dt.date(2026, 9, 1), dt.date(2026, 12, 31))
+    assert again.changed == 0 and again.rows == 126
