@@ -302,3 +302,22 @@ def test_reprice_while_writers_run_keeps_totals_equal_to_rows(mispriced):
     assert (daily(url)["cost_e10"], daily(url)["unpriced"]) == row_sums(url)
     again = reprice(engine, table, dt.date(2026, 9, 1), dt.date(2026, 12, 31))
     assert again.changed == 0 and again.rows == 126
+
+
+def test_revision_0003_adds_count_tokens_columns_to_existing_totals(db_url):
+    from sqlalchemy import inspect, text
+
+    upgrade(db_url, "0002")
+    engine = get_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(text('INSERT INTO usage_daily (day, team, project, "user", deployment, model, tags, requests, '
+                          "errors, rate_limited, server_errors, input_tokens, output_tokens, "
+                          "cache_creation_input_tokens, cache_creation_5m_input_tokens, "
+                          "cache_creation_1h_input_tokens, cache_read_input_tokens, cost_e10, unpriced, "
+                          "latency_ms_sum) VALUES ('2026-11-30', 't', '', '', 'd', 'm', '', 3, 0, 0, 0, 30, 3, "
+                          "0, 0, 0, 0, 123, 0, 1.5)"))
+    upgrade(db_url)
+    columns = {c["name"] for c in inspect(engine).get_columns("usage_daily")}
+    assert {"count_tokens_requests", "count_tokens_input_tokens"} <= columns
+    assert daily(db_url) == {"requests": 3, "input_tokens": 30, "cost_e10": 123, "unpriced": 0,
+                             "count_tokens_requests": 0, "count_tokens_input_tokens": 0}
