@@ -321,3 +321,42 @@ def test_revision_0003_adds_count_tokens_columns_to_existing_totals(db_url):
     assert {"count_tokens_requests", "count_tokens_input_tokens"} <= columns
     assert daily(db_url) == {"requests": 3, "input_tokens": 30, "cost_e10": 123, "unpriced": 0,
                              "count_tokens_requests": 0, "count_tokens_input_tokens": 0}
+
+
+def test_revision_0003_moves_old_count_tokens_rows_out_of_billed_totals(db_url):
+    """Rows the older writer ledgered as billed input: the upgrade makes them free and counts them apart."""
+    from sqlalchemy import insert, text
+
+    from telemetry.ledger.db import ensure_partitions
+    from telemetry.ledger.models import UsageRecordRow
+    from telemetry.ledger.store import RECORD_COLUMNS, tags_key
+
+    upgrade(db_url, "0002")
+    engine = get_engine(db_url)
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    if db_url.startswith("postgresql"):
+        ensure_partitions(engine, {now.date()}, set())
+    old_rows = [make_record(1, cost="0.3000120000", operation="count_tokens", input_tokens=100_004, output_tokens=0,
+                            model=None, deployment="claude-opus-4-1"),
+                make_record(2, cost="0.0001", deployment="claude-opus-4-1")]
+    for r in old_rows:
+        r.created_at = now
+    key = {"day": now.date(), "team": "search", "project": "ranker", "user": "", "tags": tags_key({"k": "v"}),
+           "deployment": "claude-opus-4-1"}
+    with engine.begin() as conn:
+        conn.execute(insert(UsageRecordRow.__table__),
+                     [{c: getattr(r, "record_id" if c == "id" else c) for c in RECORD_COLUMNS} for r in old_rows])
+        sql = ('INSERT INTO usage_daily (day, team, project, "user", deployment, model, tags, requests, errors, '
+               "rate_limited, server_errors, input_tokens, output_tokens, cache_creation_input_tokens, "
+               "cache_creation_5m_input_tokens, cache_creation_1h_input_tokens, cache_read_input_tokens, cost_e10, "
+               "unpriced, latency_ms_sum) VALUES (:day, :team, :project, :user, :deployment, :model, :tags, 1, 0, "
+               "0, 0, :inp, :out, 0, 0, 0, 0, :cost, 0, 12.5)")
+        conn.execute(text(sql), {**key, "model": "", "inp": 100_004, "out": 0, "cost": 3_000_120_000})
+        conn.execute(text(sql), {**key, "model": old_rows[1].model, "inp": old_rows[1].input_tokens, "out": 5,
+                                 "cost": 1_000_000})
+    upgrade(db_url)
+    got = {r.request_id: r for r in rows(db_url)}
+    assert got["req_1"].cost_usd == 0 and got["req_2"].cost_usd == Decimal("0.0001")
+    assert daily(db_url) == {"requests": 1, "input_tokens": old_rows[1].input_tokens, "cost_e10": 1_000_000,
+                             "unpriced": 0, "count_tokens_requests": 1, "count_tokens_input_tokens": 100_004}
+    assert (daily(db_url)["cost_e10"], daily(db_url)["unpriced"]) == row_sums(db_url)
