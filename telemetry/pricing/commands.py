@@ -95,6 +95,10 @@ def run_reprice(engine: Any, since: dt.date, until: dt.date, dry_run: bool, path
     from .reprice import reprice
 
     table = current_table(path)
+    # multipliers come from the deployments map: re-pricing under another map changes every data-zone row
+    mapped = ", ".join(f"{n}={d.model}*{plain(d.multiplier)}" for n, d in sorted(table.deployments.items()))
+    err.print(f"deployments map: {mapped or 'none (FOUNDRY_TELEMETRY_DEPLOYMENTS unset): no multipliers'}",
+              soft_wrap=True, highlight=False)
     result = reprice(engine, table, since, until, dry_run=dry_run)
     verb = "would change" if dry_run else "changed"
     console.print(f"re-priced {result.rows:,} rows created {since} to {until} (UTC): {verb} {result.changed:,}",
