@@ -63,7 +63,7 @@ def to_table(report: Report, console: Console) -> None:
                       _money(row.cost_usd), f"{row.unpriced:,}")
     console.print(table)
     if report.forecast_usd is not None:
-        console.print(f"Month-end forecast at the current run rate: [bold]{_money(report.forecast_usd)}[/bold]")
+        console.print(f"Month-end forecast at the current run rate: [bold]{money(report.forecast_usd, 2)}[/bold]")
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
 
