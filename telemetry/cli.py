@@ -50,6 +50,12 @@ def _db_url(db: str | None, *, must_exist: bool) -> str:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         path = Path(parsed.database).expanduser()
+        try:
+            path.stat()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # a name too long, a file where a folder should be, no permission …
+            raise CliError(f"cannot use {_one_line(Exception(path))[:120]}: {exc.strerror or exc}") from None
         if must_exist and not path.is_file():
             raise CliError(f"no ledger at {parsed.database} (run some traffic, or `foundry-telemetry db upgrade`)")
         if not path.parent.is_dir():
@@ -106,6 +112,8 @@ def emulator(
     """Run the Foundry emulator alone (any SDK or curl can call it)."""
     from .emulator import EmulatorServer
 
+    if not host.strip():
+        raise CliError("--host is empty; give an address to listen on, e.g. 127.0.0.1")
     try:
         server = EmulatorServer(host=host, port=port)
     except OSError as exc:

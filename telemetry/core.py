@@ -20,7 +20,7 @@ from .capture.transport import transport_classes
 from .health import Health
 from .otel import OTelSink, configure_azure_monitor_export
 from .pipeline import Pipeline, RecordSink
-from .pricing import PriceError, PriceTable, load_price_table
+from .pricing import PriceTable, load_price_table
 from .settings import Settings, redact
 
 log = logging.getLogger("telemetry")

@@ -57,8 +57,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next(dist.glob("foundry_telemetry-*.whl"))
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile", str(wheel)],
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    # this venv's pip installs into the fresh one (`--python`): no second pip to bootstrap
+    pip = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                          "--no-compile", "--prefer-binary", "--progress-bar", "off", str(wheel)],
                          capture_output=True, text=True, timeout=600)
     if pip.returncode != 0:
         _fail_or_skip(f"cannot install the wheel's dependencies into a fresh venv: {pip.stderr[-1500:]}")
