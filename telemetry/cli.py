@@ -166,32 +166,22 @@ def report(
 
 
 def _print_lookup(engine: Any, ident: str, fmt: str) -> None:
-    from rich.panel import Panel
-    from rich.table import Table
-
     from .reports.lookup import Ambiguous, as_dict, find
+    from .reports.render import print_lookup
 
     try:
         row = find(engine, ident)
     except Ambiguous as exc:
-        ids = ", ".join(m.request_id or m.apim_request_id or "?" for m in exc.matches[:5])
-        raise CliError(f"{ident!r} matches {len(exc.matches)} calls ({ids}…); give more of the id", 2) from None
+        ids = ", ".join(m.request_id or m.apim_request_id or "?" for m in exc.matches[:3])
+        more = "…" if exc.count > 3 else ""
+        raise CliError(f"{ident!r} matches {exc.count:,} calls ({ids}{more}); give more of the id", 2) from None
     if row is None:
         raise CliError(f"no call with request-id or apim-request-id {ident!r}", 1)
     data = as_dict(row)
     if fmt == "json":
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    table = Table(show_header=False, box=None)
-    for key in ("time", "resource", "deployment", "model", "operation", "stream", "status_code", "error_type",
-                "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-                "cost_usd", "latency_ms", "ttft_ms", "team", "project", "user", "tags", "operation_id",
-                "attempt", "trace_id"):
-        table.add_row(f"[dim]{key}[/dim]", str(data[key]))
-    console.print(table)
-    console.print(Panel(f"request-id: {data['request_id']}\napim-request-id: {data['apim_request_id']}\n"
-                        f"time (UTC): {data['time']}", title="For the Azure support ticket", expand=False))
-    console.print(Panel(data["kql"], title="Application Insights (KQL)", expand=False))
+    print_lookup(data, console)
 
 
 @app.command()
