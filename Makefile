@@ -15,7 +15,7 @@ demo: $(STAMP)
 	$(BIN)/foundry-telemetry demo
 
 test: $(STAMP)
-	$(BIN)/ruff check telemetry tests bench migrations dashboards
+	$(BIN)/ruff check telemetry tests bench migrations dashboards setup.py
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -92,9 +92,10 @@ def demo(
     from .demo import run_demo
 
     _check_settings()
-    if not html.parent.is_dir() or html.is_dir():
-        raise CliError(f"--html {html}: folder {html.parent} does not exist" if not html.parent.is_dir()
-                       else f"--html {html} is a folder")
+    if html.is_dir():
+        raise CliError(f"--html {html} is a folder; give a file name")
+    if not html.parent.is_dir():
+        raise CliError(f"--html {html}: folder {html.parent} does not exist")
     url = _db_url(db, must_exist=False)
     target = run_demo(url, requests, html, console)
     if target:

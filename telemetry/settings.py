@@ -44,7 +44,7 @@ def _bool(value: object, name: str) -> bool:
     raise SettingsError(f"{name}={_shown(value)} is not a boolean (use true or false)")
 
 
-def _int(value: object, name: str, minimum: int = 0) -> int:
+def _int(value: object, name: str, minimum: int = 0, maximum: int = 10**9) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise SettingsError(f"{name}={_shown(value)} is not a whole number")
     try:
@@ -53,9 +53,13 @@ def _int(value: object, name: str, minimum: int = 0) -> int:
         raise SettingsError(f"{name}={_shown(value)} is not a whole number") from None
     if n < minimum:
         raise SettingsError(f"{name}={_shown(value)} must be at least {minimum}")
-    if n > 10**9:
-        raise SettingsError(f"{name}={_shown(value)} is too large")
+    if n > maximum:
+        raise SettingsError(f"{name}={_shown(value)} must be at most {maximum}")
     return n
+
+
+def _days(value: object, name: str) -> int:
+    return _int(value, name, 1, 36_600)  # a hundred years: any more is a typo, and past what dates can hold
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -106,7 +110,7 @@ def check_db_url(value: object, name: str) -> str:
 
 # setting → how to read it (from the environment's text or a keyword argument's value)
 _PARSERS: dict[str, Callable[[object, str], Any]] = {
-    "db_url": check_db_url, "connection_string": _text, "retention_days": _positive_int, "deployments": _text,
+    "db_url": check_db_url, "connection_string": _text, "retention_days": _days, "deployments": _text,
     "prices_path": _text, "capture_content": _bool, "spool_dir": _text, "queue_size": _positive_int,
     "batch_size": _positive_int, "batch_interval_s": _seconds, "ledger": _bool,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import threading
 from pathlib import Path
 
@@ -104,6 +105,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 LEDGER_TABLES = ("usage_records", "usage_daily")
 
 
+@functools.cache
 def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
