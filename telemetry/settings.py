@@ -151,28 +151,29 @@ class Settings:
         problems: list[str] = []
         defaults = {f.name: f.default for f in fields(cls)}
 
-        def take(name: str, label: str, raw: object) -> None:
-            try:
-                values[name] = _PARSERS[name](raw, label)
-            except SettingsError as exc:
-                if strict:
-                    raise
-                problems.append(f"{exc}; {_instead(name, values.get(name, defaults[name]))}")
-                if name == "db_url":
-                    values["ledger"] = False
-
+        given: dict[str, tuple[str, object]] = {}  # setting → (where it came from, raw value); keywords win
         for var, name in ENV_VARS.items():
             raw = env.get(var)
-            if raw is None or (name in _BLANK_IS_UNSET and not raw.strip()):
-                continue
-            take(name, var, raw)
+            if raw is not None and not (name in _BLANK_IS_UNSET and not raw.strip()):
+                given[name] = (var, raw)
         for key, value in overrides.items():
             if key not in _PARSERS:
                 if strict:
                     raise SettingsError(f"unknown setting {key!r}")
                 problems.append(f"unknown setting {key!r} is ignored")
             elif value is not None:
-                take(key, key, value)
+                given[key] = (key, value)
+        url_rejected = False
+        for name, (label, raw) in given.items():
+            try:
+                values[name] = _PARSERS[name](raw, label)
+            except SettingsError as exc:
+                if strict:
+                    raise
+                problems.append(f"{exc}; {_instead(name, defaults[name])}")
+                url_rejected = url_rejected or name == "db_url"
+        if url_rejected:
+            values["ledger"] = False  # never write to another database than the one asked for
         return cls(**values, problems=tuple(problems))  # type: ignore[arg-type]
 
     def with_(self, **changes: object) -> Settings:
