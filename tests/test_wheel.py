@@ -4,7 +4,9 @@ be made there is a failure, not a skip."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -119,6 +121,13 @@ def test_installed_cli_and_instrumented_script(installed: Installed):
 
     csv = installed.cli("report", "--since", "1d", "--by", "deployment", "--format", "csv")
     assert csv.returncode == 0 and csv.stdout.startswith("deployment,requests"), csv.stderr
+    target = re.search(r"foundry-telemetry lookup (\S+)", demo.stdout).group(1)
+    found = installed.cli("lookup", target, "--format", "json")
+    assert found.returncode == 0 and json.loads(found.stdout)["request_id"] == target, found.stderr
+    quiet = installed.cli("alerts", "check", "--p95-ms", "600000", "--window", "60")
+    assert quiet.returncode == 0 and "quiet" in quiet.stdout, quiet.stderr
+    purge = installed.cli("purge", "--dry-run")
+    assert purge.returncode == 0 and "would remove 0 rows" in purge.stdout, purge.stderr
 
     port = _free_port()
     emulator = subprocess.Popen([str(installed.venv / "bin" / "foundry-telemetry"), "emulator", "--port", str(port)],
