@@ -50,7 +50,8 @@ def _count(value: int) -> str:
 
 
 # (attribute, header) in order of importance: the first ones stay longest as the terminal narrows
-NUMERIC = (("requests", "calls"), ("cost_usd", "USD"), ("unpriced", "unpriced"), ("output_tokens", "out tok"), ("input_tokens", "in tok"),
+NUMERIC = (("requests", "calls"), ("cost_usd", "USD"), ("unpriced", "unpriced"), ("output_tokens", "out tok"),
+           ("input_tokens", "in tok"),
            ("errors", "errors"), ("cache_read_input_tokens", "cache rd"),
            ("cache_creation_input_tokens", "cache wr"))
 SHOWN = ("requests", "errors", "input_tokens", "output_tokens", "cache_creation_input_tokens",
