@@ -61,6 +61,11 @@ class Health:
         except Exception:  # pragma: no cover - accounting must never raise into the failing path
             pass
 
+    def count(self, kind: str) -> None:
+        """Count without logging (the caller has said it its own way)."""
+        with self._lock:
+            self.failures[kind] += 1
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self.failures)
