@@ -94,6 +94,7 @@ class GatewayApp:
         read_timeout: float = 600.0,
         pool_timeout: float = 30.0,
         status: GatewayStatus | None = None,
+        on_error: Callable[..., None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.upstreams = dict(upstreams)
@@ -103,6 +104,7 @@ class GatewayApp:
         self._require = require_attribution
         self.status = status or GatewayStatus(self.upstreams)
         self._ops = Operations()
+        self._on_error = on_error
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=pool_timeout)
         self._client_args: dict[str, Any] = {"limits": limits, "timeout": timeout, "transport": transport}
@@ -295,12 +297,17 @@ class GatewayApp:
                     "headers": [(k, v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]})
         streaming = "content-length" not in response.headers
         if not streaming:
+            # one chunk behind: the capture ends (at the upstream's end of body, known from content-length,
+            # so this waits for nothing) before the client holds the whole response and can move on
+            last = b""
             try:
                 async for chunk in response.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if last:
+                        await send({"type": "http.response.body", "body": last, "more_body": True})
+                    last = chunk
             except httpx.HTTPError as exc:
-                raise UpstreamAborted(type(exc).__name__) from exc
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                raise self._aborted(exc) from exc
+            await send({"type": "http.response.body", "body": last, "more_body": False})
             return
         # a stream: watch for the client going away, and stop reading the upstream as soon as it does
         pump = asyncio.ensure_future(_pump(response, send))
@@ -322,8 +329,14 @@ class GatewayApp:
         exc = pump.exception()
         if exc is not None:
             if isinstance(exc, httpx.HTTPError):
-                raise UpstreamAborted(type(exc).__name__) from exc
+                raise self._aborted(exc) from exc
             raise exc
+
+    def _aborted(self, exc: BaseException) -> UpstreamAborted:
+        self.status.upstream_aborts += 1
+        if self._on_error is not None:
+            self._on_error("gateway_upstream_aborted", exc)
+        return UpstreamAborted(type(exc).__name__)
 
 
 async def _pump(response: httpx.Response, send: Send) -> None:

@@ -5,8 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import KeyMap, parse_upstreams
-from .server import GatewayServer, parse_listen
+from .config import GatewayError, KeyMap, parse_upstreams
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise GatewayError(f"--listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8787")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def run_proxy(upstreams: list[str], listen: str, db_url: str, key_map: Path | None, require_attribution: bool,
@@ -14,6 +20,8 @@ def run_proxy(upstreams: list[str], listen: str, db_url: str, key_map: Path | No
     parsed = parse_upstreams(upstreams)
     host, port = parse_listen(listen)
     keys = KeyMap.load(key_map) if key_map is not None else None
+    from .server import GatewayServer  # after the checks: it imports the SDK and OpenTelemetry
+
     server = GatewayServer(parsed, host=host, port=port, db_url=db_url, key_map=keys,
                            require_attribution=require_attribution, max_connections=max_connections,
                            drain_timeout=drain_timeout)

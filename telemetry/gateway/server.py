@@ -9,6 +9,7 @@ connections, then flushes the ledger.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 import time
@@ -26,18 +27,14 @@ from .status import GatewayStatus
 
 class _DropAborted(logging.Filter):
     """uvicorn logs a traceback for an app that raises mid-response; an upstream that broke off is counted
-    in the health counters instead."""
-
-    def __init__(self, health: Any) -> None:
-        super().__init__()
-        self._health = health
+    (and logged once) by the app instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, UpstreamAborted):
-            self._health.failed("gateway_upstream_aborted", message="an upstream broke off a response")
-            return False
-        return True
+        return not isinstance(exc, UpstreamAborted)
+
+
+_DROP_ABORTED = _DropAborted()
 
 
 class _Server(uvicorn.Server):
@@ -48,13 +45,6 @@ class _Server(uvicorn.Server):
     async def shutdown(self, sockets: Any = None) -> None:
         self._status.draining = True
         await super().shutdown(sockets)
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise GatewayError(f"--listen {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8787")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class GatewayServer:
@@ -77,7 +67,7 @@ class GatewayServer:
         self.status = GatewayStatus(upstreams, ledger=self._ledger_state)
         self.app = GatewayApp(upstreams, self.telemetry.capturer, key_map=key_map,
                               require_attribution=require_attribution, max_connections=max_connections,
-                              status=self.status, **app_options)
+                              status=self.status, on_error=self.telemetry.health.failed, **app_options)
         self.host = host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
@@ -93,7 +83,7 @@ class GatewayServer:
         config = uvicorn.Config(self.app, lifespan="on", log_level="warning", access_log=False,
                                 server_header=False, date_header=False, backlog=4096,
                                 timeout_graceful_shutdown=drain_timeout, timeout_keep_alive=75)
-        logging.getLogger("uvicorn.error").addFilter(_DropAborted(self.telemetry.health))
+        logging.getLogger("uvicorn.error").addFilter(_DROP_ABORTED)  # the same object: added once
         self._server = _Server(config, self.status)
         self._thread: threading.Thread | None = None
 
@@ -123,11 +113,18 @@ class GatewayServer:
         return self
 
     def serve_forever(self) -> None:
-        """Until SIGTERM/SIGINT; then drain, and flush the ledger."""
+        """Until SIGTERM/SIGINT; then drain, flush the ledger, and return (exit status 0).
+
+        uvicorn handles the signal and re-raises it once it has stopped; the handler set here receives
+        that, so the flush below runs and the process does not die by the signal halfway through it.
+        """
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._server.run(sockets=[self._sock])
         finally:
             self._close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def stop(self) -> None:
         self._server.should_exit = True

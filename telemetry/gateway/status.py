@@ -60,6 +60,7 @@ class GatewayStatus:
     in_flight: int = 0
     rejected: int = 0
     client_disconnects: int = 0
+    upstream_aborts: int = 0
     draining: bool = False
     _upstreams: dict[str, UpstreamStatus] = field(default_factory=dict)
 
@@ -79,5 +80,6 @@ class GatewayStatus:
             u["state"] == "failing" for u in upstreams.values())
         body = {"status": "draining" if self.draining else "degraded" if degraded else "ok",
                 "in_flight": self.in_flight, "rejected_unattributed": self.rejected,
-                "client_disconnects": self.client_disconnects, "ledger": ledger, "upstreams": upstreams}
+                "client_disconnects": self.client_disconnects,
+                "upstream_aborts": self.upstream_aborts, "ledger": ledger, "upstreams": upstreams}
         return (503 if self.draining else 200), json.dumps(body).encode()
