@@ -369,3 +369,13 @@ def test_cli_proxy_bad_input_is_one_line(tmp_path):
                  ["--upstream", "http://x", "--key-map", str(tmp_path / "missing.toml")]):
         done = subprocess.run([str(exe), "proxy", *args], capture_output=True, text=True, timeout=30)
         assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, args
+
+
+def test_upstream_timeout_is_a_504_and_a_timeout_record(gateway, sqlite_url):
+    gw = gateway(read_timeout=0.3)
+    r = httpx.post(f"{gw.base_url}v1/messages", headers={"api-key": "k", "x-emulator-fault": "slow;delay_ms=2000"},
+                   json={"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": MSG}, timeout=10)
+    assert r.status_code == 504 and r.json()["error"]["type"] == "timeout_error"
+    gw.tel.flush()
+    (row,) = rows(sqlite_url)
+    assert (row.status_code, row.error_type) == (None, "timeout")
