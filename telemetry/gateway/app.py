@@ -101,6 +101,7 @@ class GatewayApp:
         connect_timeout: float = 10.0,
         read_timeout: float = 600.0,
         pool_timeout: float = 30.0,
+        keepalive_timeout: float = 4.0,
         status: GatewayStatus | None = None,
         on_error: Callable[..., None] | None = None,
     ) -> None:
@@ -113,6 +114,9 @@ class GatewayApp:
         self._ops = Operations()
         self._on_error = on_error
         self.max_connections = max_connections
+        # below the usual server idle timeouts (uvicorn's 5 s): a pooled connection the upstream has already
+        # closed would fail the next POST on it, and a POST is not retried (it may have been billed)
+        self._keepalive = keepalive_timeout
         # `connect` bounds the wait for a free connection too (aiohttp counts the pool wait in it)
         self._timeout = aiohttp.ClientTimeout(total=None, connect=pool_timeout + connect_timeout,
                                               sock_connect=connect_timeout, sock_read=read_timeout)
@@ -121,8 +125,8 @@ class GatewayApp:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:  # created on first use, inside the server's event loop
-            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0, keepalive_timeout=60,
-                                             enable_cleanup_closed=True)
+            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0,
+                                             keepalive_timeout=self._keepalive, enable_cleanup_closed=True)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
                                                   auto_decompress=False, skip_auto_headers=SKIP_AUTO_HEADERS,
                                                   cookie_jar=aiohttp.DummyCookieJar())
