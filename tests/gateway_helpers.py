@@ -31,10 +31,17 @@ class RecordingEmulator(Emulator):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.seen_headers: list[dict[str, str]] = []
+        self.active = 0
+        self.max_active = 0
 
     async def messages(self, request: Request) -> Any:
         self.seen_headers.append(dict(request.headers))
-        return await super().messages(request)
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            return await super().messages(request)
+        finally:
+            self.active -= 1
 
 
 async def fixed_app(scope: dict, receive: Any, send: Any) -> None:

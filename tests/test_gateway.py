@@ -379,3 +379,30 @@ def test_upstream_timeout_is_a_504_and_a_timeout_record(gateway, sqlite_url):
     gw.tel.flush()
     (row,) = rows(sqlite_url)
     assert (row.status_code, row.error_type) == (None, "timeout")
+
+
+def test_upstream_connections_are_bounded(gateway, recording, sqlite_url):
+    gw = gateway(max_connections=2)
+    recording.emulator.max_active = 0
+    body = {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": MSG}
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            calls = [client.post(f"{gw.base_url}v1/messages", json=body,
+                                 headers={"api-key": "k", "x-emulator-fault": "slow;delay_ms=150"}) for _ in range(8)]
+            return [r.status_code for r in await asyncio.gather(*calls)]
+
+    assert asyncio.run(run()) == [200] * 8
+    assert recording.emulator.max_active == 2  # the other six waited for a connection
+    gw.tel.flush()
+    assert len(rows(sqlite_url)) == 8
+
+
+def test_client_trace_context_parents_the_span(gateway, otel):
+    gw = gateway()
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    httpx.post(f"{gw.base_url}v1/messages", json={"model": "claude-haiku-4-5", "max_tokens": 8, "messages": MSG},
+               headers={"api-key": "k", "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    gw.tel.flush()
+    (span,) = otel.ours()
+    assert f"{span.context.trace_id:032x}" == trace_id and f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
