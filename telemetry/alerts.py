@@ -1,6 +1,9 @@
 """Latency, error and cost rules evaluated on the ledger. A rule fires when its value is strictly above
 its threshold; at the threshold it stays quiet. The same rules ship as Azure scheduled-query alerts
-(dashboards/alerts.json) over the KQL in dashboards/kql/."""
+(dashboards/alerts.json) over the KQL in dashboards/kql/.
+
+Alerts count what the service did: an attempt the caller ended on purpose (`client_closed`, `cancelled`,
+see telemetry.record.CALLER_ENDED) is no error; it is reported apart, as `caller_ended`."""
 
 from __future__ import annotations
 
@@ -15,12 +18,12 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
-from .numbers import non_negative_decimal
+from .numbers import non_negative_decimal, plain
 from .reports.stats import DeploymentStats, deployment_stats
 
 KINDS = {
     "latency_p95": "p95 latency per deployment, ms",
-    "error_rate": "share of failed attempts per deployment",
+    "error_rate": "share of failed attempts per deployment (streams the caller closed are not failures)",
     "server_error_rate": "share of 5xx attempts per deployment",
     "rate_limit_rate": "share of 429 attempts per deployment",
     "auth_error_rate": "share of 401/403 attempts per deployment",
@@ -132,11 +135,15 @@ def evaluate(engine: Engine, rules: list[Rule], window_minutes: int, now: dt.dat
         if rule.kind == "cost_per_hour":
             cost = sum((s.cost_usd for s in stats.values()), Decimal(0))
             per_hour = cost * 60 / window_minutes
-            requests = sum(s.requests for s in stats.values())
-            checked.append({"rule": rule.label, "value": float(per_hour), "requests": requests})
+            requests = sum(s.requests - s.count_tokens for s in stats.values())  # billed calls only
+            unpriced = sum(s.unpriced for s in stats.values())
+            counted = sum(s.count_tokens for s in stats.values())
+            checked.append({"rule": rule.label, "value": float(per_hour), "requests": requests,
+                            "cost_usd": plain(cost), "unpriced": unpriced, "count_tokens_requests": counted})
             if per_hour > rule.threshold and requests >= rule.min_requests:
                 firing.append(Firing(rule.label, rule.kind, None, float(per_hour), threshold, requests,
-                                     {"cost_usd": str(cost)}))
+                                     {"cost_usd": plain(cost), "unpriced": unpriced,
+                                      "count_tokens_requests": counted}))
             continue
         for name, s in sorted(stats.items()):
             if rule.deployment and name != rule.deployment:
@@ -146,8 +153,8 @@ def evaluate(engine: Engine, rules: list[Rule], window_minutes: int, now: dt.dat
             if value is None or s.requests < rule.min_requests:
                 continue
             if Decimal(str(value)) > rule.threshold:
-                detail = {"errors_by_type": dict(s.error_types)} if rule.kind.endswith("rate") else {
-                    "p50_ms": s.p(0.5), "p99_ms": s.p(0.99)}
+                detail = {"errors_by_type": dict(s.error_types), "caller_ended": s.caller_ended} if (
+                    rule.kind.endswith("rate")) else {"p50_ms": s.p(0.5), "p99_ms": s.p(0.99)}
                 firing.append(Firing(rule.label, rule.kind, name, value, threshold, s.requests, detail))
     return Evaluation(window_minutes, start, end, firing, checked)
 

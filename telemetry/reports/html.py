@@ -10,6 +10,7 @@ from html import escape
 
 from sqlalchemy import Engine
 
+from ..numbers import money
 from .chargeback import Report, daily_series
 from .render import CSV_COLUMNS
 from .stats import daily_deployment_stats
@@ -19,7 +20,7 @@ W, BAR_H, GAP, LEFT = 720, 22, 8, 170
 
 
 def _money(v: Decimal | float) -> str:
-    return f"${Decimal(str(v)).quantize(Decimal('0.0001')):,}"
+    return money(v)
 
 
 def hbar_chart(chart_id: str, title: str, items: Sequence[tuple[str, float, str]], color: str = PALETTE[0]
@@ -145,7 +146,8 @@ def render_html(engine: Engine, report: Report) -> str:
     error_items = [(name, 100 * s.error_rate, f"{100 * s.error_rate:.1f}% of {s.requests}")
                    for name, s in sorted(stats.items())]
     t = report.total
-    kpis = [("Cost", _money(t.cost_usd)), ("Requests", f"{t.requests:,}"), ("Errors", f"{t.errors:,}"),
+    kpis = [("Cost", _money(t.cost_usd)), ("Unpriced calls", f"{t.unpriced:,}"), ("Requests", f"{t.requests:,}"),
+            ("Errors", f"{t.errors:,}"),
             ("Input tokens", f"{t.input_tokens:,}"), ("Output tokens", f"{t.output_tokens:,}")]
     if report.forecast_usd is not None:
         kpis.append(("Month-end forecast", _money(report.forecast_usd)))

@@ -5,15 +5,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..ledger.models import UsageRecordRow
+from ..numbers import plain
 
 
 class Ambiguous(LookupError):
-    def __init__(self, matches: list[UsageRecordRow]) -> None:
-        super().__init__(f"{len(matches)} rows match")
+    """A prefix of more than one call: `count` is exact, `matches` a few of them to show."""
+
+    def __init__(self, matches: list[UsageRecordRow], count: int | None = None) -> None:
+        self.count = len(matches) if count is None else count
+        super().__init__(f"{self.count} rows match")
         self.matches = matches
 
 
@@ -29,11 +33,11 @@ def find(engine: Engine, ident: str) -> UsageRecordRow | None:
         if len(ident) < 4:
             return None
         pattern = ident.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        matches = session.scalars(select(t).where(or_(t.request_id.like(pattern, escape="\\"),
-                                                      t.apim_request_id.like(pattern, escape="\\")))
-                                  .limit(10)).all()
-    if len(matches) > 1:
-        raise Ambiguous(list(matches))
+        where = or_(t.request_id.like(pattern, escape="\\"), t.apim_request_id.like(pattern, escape="\\"))
+        matches = session.scalars(select(t).where(where).limit(5)).all()
+        if len(matches) > 1:
+            count = session.scalar(select(func.count()).select_from(t).where(where)) or len(matches)
+            raise Ambiguous(list(matches), count)
     return matches[0] if matches else None
 
 
@@ -69,7 +73,7 @@ def as_dict(row: UsageRecordRow) -> dict[str, Any]:
         "cache_creation_5m_input_tokens": row.cache_creation_5m_input_tokens,
         "cache_creation_1h_input_tokens": row.cache_creation_1h_input_tokens,
         "cache_read_input_tokens": row.cache_read_input_tokens,
-        "cost_usd": str(row.cost_usd) if row.cost_usd is not None else None,
+        "cost_usd": plain(row.cost_usd),  # None: unpriced
         "latency_ms": round(row.latency_ms, 3) if row.latency_ms is not None else None,
         "ttft_ms": round(row.ttft_ms, 3) if row.ttft_ms is not None else None,
         "team": row.team,
