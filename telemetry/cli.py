@@ -390,6 +390,28 @@ def spool_requeue(db: DbOpt = None, spool_dir: SpoolDirOpt = None) -> None:
     console.print(f"requeued {records} records from {files} files; the next writer on this ledger replays them")
 
 
+@app.command()
+def proxy(
+    upstream: Annotated[list[str], typer.Option("--upstream", help="[NAME=]URL of a Foundry resource; repeat for "
+                                                "several, chosen by /r/NAME/anthropic/… (the first is the default)")],
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT")] = "127.0.0.1:8787",
+    key_map: Annotated[Path | None, typer.Option("--key-map", help="TOML/JSON: SHA-256 of a key → team/project/user")
+                       ] = None,
+    require_attribution: Annotated[bool, typer.Option("--require-attribution",
+                                                      help="Reject requests with no team/project/user (400)")] = False,
+    max_connections: Annotated[int, typer.Option("--max-connections", min=1, help="Upstream connections, at most")
+                               ] = 256,
+    drain_timeout: Annotated[float, typer.Option("--drain-timeout", min=0, help="Seconds to finish streams on exit")
+                             ] = 30.0,
+    db: DbOpt = None,
+) -> None:
+    """Gateway mode: a streaming reverse proxy to Foundry that records every request like the SDK path."""
+    from .gateway.cli import run_proxy
+
+    run_proxy(upstream, listen, _db_url(db, must_exist=False), key_map, require_attribution, max_connections,
+              drain_timeout, console)
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     line = text[0][:300] if text else type(exc).__name__

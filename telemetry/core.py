@@ -238,6 +238,11 @@ class Telemetry:
         _live.discard(self)
 
     @property
+    def capturer(self) -> Capturer:
+        """The front door onto the capture state machine, for entry points other than SDK clients (the gateway)."""
+        return self._capturer
+
+    @property
     def processed(self) -> int:
         return self._pipeline.processed
 
