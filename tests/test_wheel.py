@@ -24,8 +24,8 @@ pytestmark = [pytest.mark.wheel, pytest.mark.timeout(900)]  # building a venv is
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRE = os.environ.get("FOUNDRY_TELEMETRY_REQUIRE_WHEEL") == "1"
-_BUILD_JUNK = shutil.ignore_patterns(".git", ".venv", "build", "dist", "node_modules", "__pycache__", "*.egg-info", ".pytest_cache",
-                                     ".ruff_cache", "*.db", "*.db-*", "*.spool", "report.html")
+_BUILD_JUNK = shutil.ignore_patterns(".git", ".venv", "build", "dist", "node_modules", "__pycache__", "*.egg-info",
+                                     ".pytest_cache", ".ruff_cache", "*.db", "*.db-*", "*.spool", "report.html")
 
 
 @dataclass
