@@ -76,6 +76,23 @@ class AttemptCapture:
             return None
         return value if isinstance(value, str) else None
 
+    def headers(self, *names: str) -> dict[str, str]:
+        """For the pipeline thread: several response headers (lower-case names) in one pass over them."""
+        out: dict[str, str] = {}
+        headers = self.response_headers
+        if headers is None:
+            return out
+        try:
+            items = headers.multi_items() if hasattr(headers, "multi_items") else None
+            if items is None:
+                return {name: v for name in names if isinstance(v := headers.get(name), str)}
+            for key, value in items:
+                if key in names and isinstance(value, str):
+                    out[key] = f"{out[key]}, {value}" if key in out else value  # as `Headers.get` joins them
+        except Exception:  # a strange header mapping must not lose the record
+            return {}
+        return out
+
     def on_chunk(self, data: bytes) -> None:
         now = time.perf_counter_ns()
         self.chunks.append((now, data))
