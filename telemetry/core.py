@@ -15,6 +15,7 @@ import httpx2
 
 from .capture.hooks import Capturer
 from .capture.middleware import TelemetryMiddleware
+from .capture.streams import end_open_streams
 from .capture.transport import transport_classes
 from .health import Health
 from .otel import OTelSink, configure_azure_monitor_export
@@ -43,6 +44,7 @@ def _ensure_azure_monitor(connection_string: str) -> None:
 
 
 def _shutdown_all() -> None:
+    end_open_streams()  # streams still open at exit keep their partial usage
     for tel in list(_live):
         tel.shutdown()
 

@@ -96,9 +96,11 @@ class AttemptCapture:
     def on_chunk(self, data: bytes) -> None:
         now = time.perf_counter_ns()
         self.chunks.append((now, data))
-        if self.t_first_delta is None and (_DELTA in data or _DELTA in self._tail + data[:32]):
-            self.t_first_delta = now
-        self._tail = data[-32:]
+        if self.t_first_delta is None:
+            if _DELTA in data or _DELTA in self._tail + data[:32]:
+                self.t_first_delta = now
+            else:
+                self._tail = data[-32:]
 
     def end(self, *, exception: BaseException | None = None, closed_early: bool = False,
             exhausted: bool = False) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import ArgumentError
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+_upgrade_lock = threading.Lock()
 _upgraded: set[str] = set()
 
 
@@ -93,10 +94,13 @@ def upgrade(url: str, revision: str = "head") -> None:
     from alembic import command
 
     cfg = alembic_config(url)
-    with get_engine(url).begin() as conn:
+    # Alembic's `context` and `op` are module-level proxies: two ledgers upgrading at once in one process
+    # (writer threads start together) would run each other's migrations
+    with _upgrade_lock, get_engine(url).begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
-    _upgraded.add(normalize_url(url))
+    if revision == "head":
+        _upgraded.add(normalize_url(url))
 
 
 def head_revisions() -> frozenset[str]:
