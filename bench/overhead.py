@@ -117,6 +117,14 @@ def _stream(client: Any) -> None:
         pass
 
 
+def sdk_client(tracer_provider: Any = None, mock: bool = False,
+               base_url: str = "http://127.0.0.1:9/anthropic/") -> AnthropicFoundry:
+    """The SDK as shipped (its own tracing on), over the emulator or an in-process mock transport."""
+    options: Any = {"tracer_provider": tracer_provider} if tracer_provider else {}
+    extra: Any = {"http_client": httpx2.Client(transport=httpx2.MockTransport(mock_response))} if mock else {}
+    return AnthropicFoundry(api_key="bench", base_url=base_url, open_telemetry=options, **extra)
+
+
 def sequential(c: Client, mode: str, n: int) -> None:
     call = _create if mode == "create" else _stream
     walls = c.wall[mode]
@@ -227,8 +235,7 @@ def main(rounds: int = 5, n: int = 200, n_sat: int = 320) -> None:
 
     def sdk(otel: bool, mock: bool = False) -> tuple[Any, Any]:
         options: Any = {"tracer_provider": tp} if otel else {}
-        extra: Any = {"http_client": httpx2.Client(transport=httpx2.MockTransport(mock_response))} if mock else {}
-        return (AnthropicFoundry(api_key="bench", base_url=emu.base_url, open_telemetry=options, **extra),
+        return (sdk_client(tp if otel else None, mock, emu.base_url),
                 AsyncAnthropicFoundry(api_key="bench", base_url=emu.base_url, open_telemetry=options))
 
     tel = Telemetry(db_url=f"sqlite:///{tmp}/ledger.db", spool_dir=f"{tmp}/spool")
