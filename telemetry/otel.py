@@ -74,7 +74,9 @@ class _Totals:
 
     def observe(self, _options: Any = None) -> list[Observation]:
         with self._lock:
-            return [Observation(float(total), attrs) for attrs, total in self._values.values()]
+            # token counts stay integers (as `Counter.add(int)` exported them); Decimal money becomes a float
+            return [Observation(total if isinstance(total, int) else float(total), attrs)
+                    for attrs, total in self._values.values()]
 
 
 class _MetricKey:
