@@ -16,6 +16,7 @@ import httpx2
 
 from .capture.hooks import Capturer
 from .capture.middleware import TelemetryMiddleware
+from .capture.streams import end_open_streams
 from .capture.transport import transport_classes
 from .export import OtlpExporters, install_otlp, otlp_exporters
 from .health import Health
@@ -45,6 +46,7 @@ def _ensure_azure_monitor(connection_string: str, otlp: OtlpExporters | None = N
 
 
 def _shutdown_all() -> None:
+    end_open_streams()  # streams still open at exit keep their partial usage
     for tel in list(_live):
         tel.shutdown()
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from opentelemetry import metrics, trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import names as n
@@ -50,16 +53,62 @@ def configure_azure_monitor_export(connection_string: str, otlp: Any = None) -> 
         otlp.taken = True
 
 
+_NO_CONTEXT = Context()  # measurements are made on the pipeline thread: no caller context to look up
+_MAX_KEYS = 4096  # attribute sets cached; past that (a cardinality leak elsewhere) they are built per record
+
+
+class _Totals:
+    """Cumulative counter values per attribute set, read by the SDK only when it collects.
+
+    Counters are sums, so an observable counter reporting these totals exports the same points as one `add`
+    per record, without the SDK's per-measurement work (attribute cleaning, hashing, locking) on each record.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[tuple[Any, ...], list[Any]] = {}  # attribute items -> [attributes, total]
+
+    def add(self, attrs: dict[str, Any], value: Any) -> None:
+        key = tuple(attrs.items())
+        with self._lock:
+            slot = self._values.get(key)
+            if slot is None:
+                self._values[key] = [attrs, value]
+            else:
+                slot[1] += value
+
+    def observe(self, _options: Any = None) -> list[Observation]:
+        with self._lock:
+            # token counts stay integers (as `Counter.add(int)` exported them); Decimal money becomes a float
+            return [Observation(total if isinstance(total, int) else float(total), attrs)
+                    for attrs, total in self._values.values()]
+
+
+class _MetricKey:
+    """The attribute sets one low-cardinality key needs, built once and reused for every record with it."""
+
+    __slots__ = ("base", "input", "output", "counted", "cache")
+
+    def __init__(self, base: dict[str, Any]) -> None:
+        self.base = base
+        self.input = {**base, **n.TOKEN_HISTOGRAMS["input"][1]}  # gen_ai.token.type, unless the newest names
+        self.output = {**base, **n.TOKEN_HISTOGRAMS["output"][1]}
+        self.counted = {**base, **n.TOKEN_COUNTER_ATTRIBUTES}  # the newest conventions' token counters
+        self.cache = {kind: {**base, n.FOUNDRY_CACHE_KIND: kind} for kind in ("read", "write_5m", "write_1h")}
+
+
 class OTelSink:
     def __init__(self, tracer_provider: Any = None, meter_provider: Any = None) -> None:
         self._tracer = trace.get_tracer(n.INSTRUMENTATION_SCOPE, VERSION, tracer_provider=tracer_provider)
         meter = metrics.get_meter(n.INSTRUMENTATION_SCOPE, VERSION, meter_provider=meter_provider)
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
+        self._keys: dict[tuple[Any, ...], _MetricKey] = {}
         by_name = {name: meter.create_histogram(
             name, unit="{token}", description="Tokens used per attempt",
             explicit_bucket_boundaries_advisory=list(n.TOKEN_BUCKETS)) for name, _ in n.TOKEN_HISTOGRAMS.values()}
-        self._tokens = {kind: (by_name[name], extra) for kind, (name, extra) in n.TOKEN_HISTOGRAMS.items()}
+        self._tokens_in = by_name[n.TOKEN_HISTOGRAMS["input"][0]]
+        self._tokens_out = by_name[n.TOKEN_HISTOGRAMS["output"][0]]
         self._usage = {kind: meter.create_counter(name, unit="{token}", description="Tokens used, summed")
                        for kind, name in n.TOKEN_COUNTERS.items()}
         self._duration = meter.create_histogram(
@@ -71,13 +120,22 @@ class OTelSink:
         self._tpoc = meter.create_histogram(
             n.METRIC_TPOC, unit="s", description="Time between streamed content chunks",
             explicit_bucket_boundaries_advisory=list(n.DURATION_BUCKETS))
-        self._cost = meter.create_counter(n.METRIC_COST, unit="USD", description="Cost of the attempts")
-        self._cache = meter.create_counter(n.METRIC_CACHE_TOKENS, unit="{token}",
-                                           description="Prompt-cache tokens by kind")
+        self._cost = _Totals()
+        self._cache = _Totals()
+        meter.create_observable_counter(n.METRIC_COST, callbacks=[self._cost.observe], unit="USD",
+                                        description="Cost of the attempts")
+        meter.create_observable_counter(n.METRIC_CACHE_TOKENS, callbacks=[self._cache.observe], unit="{token}",
+                                        description="Prompt-cache tokens by kind")
 
     def emit(self, record: UsageRecord, capture: AttemptCapture) -> None:
-        self._span(record, capture)
+        if self._tracing():
+            self._span(record, capture)
         self._metrics(record)
+
+    def _tracing(self) -> bool:
+        """False while no tracer provider is installed: the span (and its ~25 attributes) would be discarded."""
+        provider = self._tracer_provider or trace.get_tracer_provider()
+        return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
     def _span(self, record: UsageRecord, capture: AttemptCapture) -> None:
         start_ns = capture.wall_ns
@@ -97,31 +155,40 @@ class OTelSink:
             span.set_status(Status(StatusCode.ERROR, record.error_type))
         span.end(end_time=end_ns)
 
+    def _key(self, r: UsageRecord) -> _MetricKey:
+        key = (r.operation, r.deployment, r.model, r.server_address, r.error_type, r.team, r.project)
+        cached = self._keys.get(key)
+        if cached is None:
+            cached = _MetricKey(metric_attributes(r))
+            if len(self._keys) < _MAX_KEYS:
+                self._keys[key] = cached
+        return cached
+
     def _metrics(self, record: UsageRecord) -> None:
-        attrs = metric_attributes(record)
+        k = self._key(record)
+        attrs = k.base
         if record.status_code == 200 or record.total_input_tokens or record.output_tokens:
-            for kind, value in (("input", record.total_input_tokens), ("output", record.output_tokens)):
-                histogram, extra = self._tokens[kind]
-                histogram.record(value, {**attrs, **extra})
+            self._tokens_in.record(record.total_input_tokens, k.input, _NO_CONTEXT)
+            self._tokens_out.record(record.output_tokens, k.output, _NO_CONTEXT)
             if self._usage:
-                self._usage_counters(record, attrs)
-        self._duration.record((record.latency_ms or 0) / 1000, attrs)
+                self._usage_counters(record, k.counted)
+        self._duration.record((record.latency_ms or 0) / 1000, attrs, _NO_CONTEXT)
         if record.ttft_ms is not None:
-            self._ttfc.record(record.ttft_ms / 1000, attrs)
+            self._ttfc.record(record.ttft_ms / 1000, attrs, _NO_CONTEXT)
+        record_gap = self._tpoc.record
         for gap in record.chunk_gaps_ms:
-            self._tpoc.record(gap / 1000, attrs)
+            record_gap(gap / 1000, attrs, _NO_CONTEXT)
         if record.cost_usd is not None:
-            self._cost.add(float(record.cost_usd), attrs)
+            self._cost.add(attrs, record.cost_usd)  # summed exactly (Decimal), a float only when exported
         for kind, value in (("read", record.cache_read_input_tokens),
                             ("write_5m", record.cache_creation_5m_input_tokens
                              or max(record.cache_creation_input_tokens - record.cache_creation_1h_input_tokens, 0)),
                             ("write_1h", record.cache_creation_1h_input_tokens)):
             if value:
-                self._cache.add(value, {**attrs, n.FOUNDRY_CACHE_KIND: kind})
+                self._cache.add(k.cache[kind], value)
 
-    def _usage_counters(self, record: UsageRecord, attrs: dict[str, Any]) -> None:
+    def _usage_counters(self, record: UsageRecord, counted: dict[str, Any]) -> None:
         """The newest conventions' token counters (opt-in): totals that add up across attempts."""
-        counted = {**attrs, **n.TOKEN_COUNTER_ATTRIBUTES}
         for kind, value in (("input", record.total_input_tokens), ("output", record.output_tokens),
                             ("cache_read", record.cache_read_input_tokens),
                             ("cache_write", record.cache_creation_input_tokens)):
@@ -139,6 +206,7 @@ class OTelSink:
 
 
 def span_attributes(r: UsageRecord) -> dict[str, Any]:
+    """One dict, built in place; values already in the types the SDK keeps (tuples, not lists)."""
     attrs: dict[str, Any] = {
         n.OPERATION_NAME: r.operation,
         n.PROVIDER_NAME: n.PROVIDER,
@@ -151,31 +219,34 @@ def span_attributes(r: UsageRecord) -> dict[str, Any]:
         n.USAGE_CACHE_CREATION_INPUT_TOKENS: r.cache_creation_input_tokens,
         n.USAGE_CACHE_READ_INPUT_TOKENS: r.cache_read_input_tokens,
     }
-    optional = {
-        n.REQUEST_MODEL: r.deployment,
-        n.FOUNDRY_DEPLOYMENT: r.deployment,
-        n.REQUEST_MAX_TOKENS: r.max_tokens,
-        n.RESPONSE_MODEL: r.model,
-        n.RESPONSE_ID: r.response_id,
-        n.RESPONSE_FINISH_REASONS: [r.finish_reason] if r.finish_reason else None,
-        n.RESPONSE_TIME_TO_FIRST_CHUNK: r.ttft_ms / 1000 if r.ttft_ms is not None else None,
-        n.SERVER_ADDRESS: r.server_address,
-        n.SERVER_PORT: r.server_port,
-        n.HTTP_STATUS_CODE: r.status_code,
-        n.FOUNDRY_STATUS_CODE: r.status_code,
-        n.ERROR_TYPE: r.error_type,
-        n.FOUNDRY_ERROR_TYPE: r.error_type,
-        n.FOUNDRY_REQUEST_ID: r.request_id,
-        n.FOUNDRY_APIM_REQUEST_ID: r.apim_request_id,
-        n.FOUNDRY_RESOURCE: r.resource,
-        n.FOUNDRY_TEAM: r.team,
-        n.FOUNDRY_PROJECT: r.project,
-        n.FOUNDRY_USER: r.user,
-        n.FOUNDRY_COST_USD: format(r.cost_usd, "f") if r.cost_usd is not None else None,
-        n.FOUNDRY_PROMPT: r.prompt,
-        n.FOUNDRY_COMPLETION: r.completion,
-    }
-    attrs.update({k: v for k, v in optional.items() if v is not None})
+    if r.deployment is not None:
+        attrs[n.REQUEST_MODEL] = attrs[n.FOUNDRY_DEPLOYMENT] = r.deployment
+    if r.max_tokens is not None:
+        attrs[n.REQUEST_MAX_TOKENS] = r.max_tokens
+    if r.model is not None:
+        attrs[n.RESPONSE_MODEL] = r.model
+    if r.response_id is not None:
+        attrs[n.RESPONSE_ID] = r.response_id
+    if r.finish_reason:
+        attrs[n.RESPONSE_FINISH_REASONS] = (r.finish_reason,)
+    if r.ttft_ms is not None:
+        attrs[n.RESPONSE_TIME_TO_FIRST_CHUNK] = r.ttft_ms / 1000
+    if r.server_address is not None:
+        attrs[n.SERVER_ADDRESS] = r.server_address
+    if r.server_port is not None:
+        attrs[n.SERVER_PORT] = r.server_port
+    if r.status_code is not None:
+        attrs[n.HTTP_STATUS_CODE] = attrs[n.FOUNDRY_STATUS_CODE] = r.status_code
+    if r.error_type is not None:
+        attrs[n.ERROR_TYPE] = attrs[n.FOUNDRY_ERROR_TYPE] = r.error_type
+    for name, value in ((n.FOUNDRY_REQUEST_ID, r.request_id), (n.FOUNDRY_APIM_REQUEST_ID, r.apim_request_id),
+                        (n.FOUNDRY_RESOURCE, r.resource), (n.FOUNDRY_TEAM, r.team), (n.FOUNDRY_PROJECT, r.project),
+                        (n.FOUNDRY_USER, r.user), (n.FOUNDRY_PROMPT, r.prompt),
+                        (n.FOUNDRY_COMPLETION, r.completion)):
+        if value is not None:
+            attrs[name] = value
+    if r.cost_usd is not None:
+        attrs[n.FOUNDRY_COST_USD] = format(r.cost_usd, "f")
     return attrs
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import zlib
 from collections.abc import Mapping
@@ -89,7 +90,7 @@ def apply_usage(record: UsageRecord, usage: Any) -> None:
         record.web_search_requests = _int(server_tools.get("web_search_requests"))
 
 
-def _apply_message(record: UsageRecord, message: Any, texts: list[str]) -> None:
+def _apply_message(record: UsageRecord, message: Any, texts: list[str] | None) -> None:
     if not isinstance(message, Mapping):
         return
     if isinstance(message.get("id"), str):
@@ -99,6 +100,8 @@ def _apply_message(record: UsageRecord, message: Any, texts: list[str]) -> None:
     if isinstance(message.get("stop_reason"), str):
         record.finish_reason = message["stop_reason"]
     apply_usage(record, message.get("usage"))
+    if texts is None:
+        return
     for block in message.get("content") or ():
         if isinstance(block, Mapping) and isinstance(block.get("text"), str):
             texts.append(block["text"])
@@ -116,23 +119,41 @@ def _apply_error(record: UsageRecord, payload: Any) -> None:
 def iter_sse(body: bytes, times: list[tuple[int, int]]) -> Any:
     """Yield (event, data, t) for each complete SSE event; `times` maps byte offsets to arrival times."""
     text_offset = 0
+    ti, nt = 0, len(times)
+    last = times[-1][1] if times else 0
     for block in body.replace(b"\r\n", b"\n").split(b"\n\n"):
         end = text_offset + len(block)
         text_offset = end + 2
-        event = None
-        data_lines = []
-        for line in block.split(b"\n"):
-            if line.startswith(b"event:"):
-                event = line[6:].strip().decode("utf-8", "replace")
-            elif line.startswith(b"data:"):
-                data_lines.append(line[5:].strip())
-        if event is None and not data_lines:
-            continue
-        t = next((ts for off, ts in times if off >= end), times[-1][1] if times else 0)
-        yield event, b"\n".join(data_lines), t
+        head, _, rest = block.partition(b"\n")
+        if head.startswith(b"event:") and rest.startswith(b"data:") and b"\n" not in rest:
+            event, data = _event_name(head[6:]), rest[5:].strip()  # the usual shape: one event, one data line
+        else:
+            event = None
+            data_lines = []
+            for line in block.split(b"\n"):
+                if line.startswith(b"event:"):
+                    event = _event_name(line[6:])
+                elif line.startswith(b"data:"):
+                    data_lines.append(line[5:].strip())
+            if event is None and not data_lines:
+                continue
+            data = b"\n".join(data_lines)
+        while ti < nt and times[ti][0] < end:  # events arrive in order: one walk over the chunks in all
+            ti += 1
+        yield event, data, times[ti][1] if ti < nt else last
 
 
-def _parse_stream(record: UsageRecord, capture: AttemptCapture, body: bytes, texts: list[str]) -> bool:
+@functools.lru_cache(maxsize=64)
+def _event_name(raw: bytes) -> str:
+    return raw.strip().decode("utf-8", "replace")
+
+
+# the events whose payload the record needs; the others (content_block_start/stop, ping, message_stop) only
+# matter by name, and content deltas only for their arrival time unless content capture is on
+_PARSED_EVENTS = frozenset({"message_start", "message_delta", "error"})
+
+
+def _parse_stream(record: UsageRecord, capture: AttemptCapture, body: bytes, texts: list[str] | None) -> bool:
     offsets: list[tuple[int, int]] = []
     total = 0
     for t, chunk in capture.chunks:
@@ -141,32 +162,52 @@ def _parse_stream(record: UsageRecord, capture: AttemptCapture, body: bytes, tex
     completed = False
     delta_times: list[int] = []
     for event, data, t in iter_sse(body, offsets):
+        if event == "content_block_delta":
+            delta_times.append(t)
+            if texts is None:
+                continue
+        elif event == "message_stop":
+            completed = True
+            continue
+        elif event not in _PARSED_EVENTS:
+            continue
         try:
             payload = json.loads(data) if data else {}
         except ValueError:
+            continue
+        if not isinstance(payload, Mapping):
             continue
         if event == "message_start":
             _apply_message(record, payload.get("message"), texts)
         elif event == "message_delta":
             delta = payload.get("delta") or {}
-            if isinstance(delta.get("stop_reason"), str):
+            if isinstance(delta, Mapping) and isinstance(delta.get("stop_reason"), str):
                 record.finish_reason = delta["stop_reason"]
             apply_usage(record, payload.get("usage"))
         elif event == "content_block_delta":
-            delta_times.append(t)
             delta = payload.get("delta") or {}
-            if isinstance(delta.get("text"), str):
+            if isinstance(delta, Mapping) and isinstance(delta.get("text"), str) and texts is not None:
                 texts.append(delta["text"])
         elif event == "error":
             _apply_error(record, payload)
-        elif event == "message_stop":
-            completed = True
     record.chunk_gaps_ms = [(b - a) / 1e6 for a, b in zip(delta_times, delta_times[1:], strict=False)]
     return completed
 
 
+@functools.lru_cache(maxsize=256)
+def _url_parts(url: str) -> tuple[str, str | None, int, str | None]:
+    """(operation, host, port, resource) of a request URL; a process talks to a handful of them."""
+    parts = urlsplit(url)
+    operation = "count_tokens" if parts.path.rstrip("/").endswith("count_tokens") else "chat"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return operation, parts.hostname, port, resource_from_host(parts.hostname)
+
+
+_HEADERS = ("request-id", "apim-request-id", "content-encoding", "content-type")
+
+
 def build_record(capture: AttemptCapture, capture_content: bool = False) -> UsageRecord:
-    body = dict(capture.body) if capture.body is not None else None
+    body = capture.body if capture.body is not None else None
     if body is None and capture.raw_body:
         try:
             parsed = json.loads(capture.raw_body)
@@ -174,35 +215,41 @@ def build_record(capture: AttemptCapture, capture_content: bool = False) -> Usag
         except ValueError:
             body = None
     body = body or {}
-    url = urlsplit(str(capture.url if capture.url is not None else capture.request_url))
+    operation, host, port, resource = _url_parts(str(capture.url if capture.url is not None
+                                                     else capture.request_url))
+    headers = capture.headers(*_HEADERS)
+    attribution = capture.attribution
+    model = body.get("model")
+    max_tokens = body.get("max_tokens")
     record = UsageRecord(
         created_at=dt.datetime.fromtimestamp(capture.wall_ns / 1e9, dt.UTC),
         operation_id=capture.operation_id,
         attempt=capture.attempt,
-        operation="count_tokens" if url.path.rstrip("/").endswith("count_tokens") else "chat",
-        server_address=url.hostname,
-        server_port=url.port or (443 if url.scheme == "https" else 80),
-        resource=resource_from_host(url.hostname),
-        deployment=body.get("model") if isinstance(body.get("model"), str) else None,
+        operation=operation,
+        server_address=host,
+        server_port=port,
+        resource=resource,
+        deployment=model if isinstance(model, str) else None,
         stream=body.get("stream") is True,
-        max_tokens=body.get("max_tokens") if isinstance(body.get("max_tokens"), int) else None,
+        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
         status_code=capture.status_code,
-        request_id=capture.header("request-id"),
-        apim_request_id=capture.header("apim-request-id"),
-        team=capture.attribution.team,
-        project=capture.attribution.project,
-        user=capture.attribution.user,
-        tags=dict(capture.attribution.tags),
+        request_id=headers.get("request-id"),
+        apim_request_id=headers.get("apim-request-id"),
+        team=attribution.team,
+        project=attribution.project,
+        user=attribution.user,
+        tags=dict(attribution.tags) if attribution.tags else {},
     )
     end = capture.t_end or capture.t0
     record.latency_ms = (end - capture.t0) / 1e6
     if capture.t_first_delta is not None:
         record.ttft_ms = (capture.t_first_delta - capture.t0) / 1e6
 
-    texts: list[str] = []
-    raw = b"".join(chunk for _, chunk in capture.chunks)
-    raw = _decode(raw, capture.header("content-encoding"))
-    is_sse = "text/event-stream" in (capture.header("content-type") or "")
+    texts: list[str] | None = [] if capture_content else None
+    chunks = capture.chunks
+    raw = chunks[0][1] if len(chunks) == 1 else b"".join(chunk for _, chunk in chunks)
+    raw = _decode(raw, headers.get("content-encoding"))
+    is_sse = "text/event-stream" in headers.get("content-type", "")
     completed = False
     if is_sse and capture.status_code == 200:
         completed = _parse_stream(record, capture, raw, texts)
@@ -237,5 +284,5 @@ def build_record(capture: AttemptCapture, capture_content: bool = False) -> Usag
         messages = body.get("messages")
         if messages is not None:
             record.prompt = json.dumps({"system": body.get("system"), "messages": messages}, default=str)[:65536]
-        record.completion = "".join(texts)[:65536] or None
+        record.completion = "".join(texts or ())[:65536] or None
     return record

@@ -76,12 +76,31 @@ class AttemptCapture:
             return None
         return value if isinstance(value, str) else None
 
+    def headers(self, *names: str) -> dict[str, str]:
+        """For the pipeline thread: several response headers (lower-case names) in one pass over them."""
+        out: dict[str, str] = {}
+        headers = self.response_headers
+        if headers is None:
+            return out
+        try:
+            items = headers.multi_items() if hasattr(headers, "multi_items") else None
+            if items is None:
+                return {name: v for name in names if isinstance(v := headers.get(name), str)}
+            for key, value in items:
+                if key in names and isinstance(value, str):
+                    out[key] = f"{out[key]}, {value}" if key in out else value  # as `Headers.get` joins them
+        except Exception:  # a strange header mapping must not lose the record
+            return {}
+        return out
+
     def on_chunk(self, data: bytes) -> None:
         now = time.perf_counter_ns()
         self.chunks.append((now, data))
-        if self.t_first_delta is None and (_DELTA in data or _DELTA in self._tail + data[:32]):
-            self.t_first_delta = now
-        self._tail = data[-32:]
+        if self.t_first_delta is None:
+            if _DELTA in data or _DELTA in self._tail + data[:32]:
+                self.t_first_delta = now
+            else:
+                self._tail = data[-32:]
 
     def end(self, *, exception: BaseException | None = None, closed_early: bool = False,
             exhausted: bool = False) -> None:

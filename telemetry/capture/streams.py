@@ -14,6 +14,15 @@ from typing import Any
 
 from .state import AttemptCapture
 
+# tees whose stream has not ended yet; `end_open_streams` finishes them at shutdown (as a finalizer would at exit)
+_open: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def end_open_streams() -> None:
+    """Finish the captures of streams still open (the process is exiting): their partial usage is kept."""
+    for tee in list(_open):
+        tee._capture.end(closed_early=True)
+
 
 @functools.cache
 def tee_classes(mod: ModuleType) -> tuple[type, type]:
@@ -21,7 +30,10 @@ def tee_classes(mod: ModuleType) -> tuple[type, type]:
         def __init__(self, inner: Any, capture: AttemptCapture) -> None:
             self._inner = inner
             self._capture = capture
-            weakref.finalize(self, capture.end, closed_early=True)
+            _open.add(self)
+
+        def __del__(self) -> None:  # garbage collected unread: cheaper than a weakref.finalize per call
+            self._capture.end(closed_early=True)
 
         def __iter__(self):  # type: ignore[no-untyped-def]
             capture = self._capture
@@ -47,7 +59,10 @@ def tee_classes(mod: ModuleType) -> tuple[type, type]:
         def __init__(self, inner: Any, capture: AttemptCapture) -> None:
             self._inner = inner
             self._capture = capture
-            weakref.finalize(self, capture.end, closed_early=True)
+            _open.add(self)
+
+        def __del__(self) -> None:  # garbage collected unread: cheaper than a weakref.finalize per call
+            self._capture.end(closed_early=True)
 
         async def __aiter__(self):  # type: ignore[no-untyped-def]
             capture = self._capture

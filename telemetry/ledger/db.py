@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import functools
 import threading
@@ -13,6 +14,7 @@ from sqlalchemy.exc import ArgumentError
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+_upgrade_lock = threading.Lock()
 _upgraded: set[str] = set()
 
 
@@ -96,10 +98,44 @@ def upgrade(url: str, revision: str = "head") -> None:
     from alembic import command
 
     cfg = alembic_config(url)
-    with get_engine(url).begin() as conn:
+    # Alembic's `context` and `op` are module-level proxies: two ledgers upgrading at once in one process
+    # (writer threads start together) would run each other's migrations
+    with _upgrade_lock, get_engine(url).begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
-    _upgraded.add(normalize_url(url))
+    if revision == "head":
+        _upgraded.add(normalize_url(url))
+
+
+def head_revisions() -> frozenset[str]:
+    """The head revision ids of migrations/versions, read from the files' `revision` / `down_revision` lines
+    without importing Alembic or running the revision modules."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (migrations_dir() / "versions").glob("*.py"):
+        values = {}
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            target = node.target if isinstance(node, ast.AnnAssign) else (
+                node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision") and node.value:
+                values[target.id] = ast.literal_eval(node.value)
+        revision, down = values.get("revision"), values.get("down_revision")
+        if not isinstance(revision, str):
+            raise LedgerError(f"{path.name}: no revision id")
+        revisions.add(revision)
+        parents.update([down] if isinstance(down, str) else (down or ()))
+    return frozenset(revisions - parents)
+
+
+def _is_current(url: str) -> bool:
+    """True when `alembic_version` holds exactly the head revisions: one SELECT, no Alembic import."""
+    try:
+        heads = head_revisions()
+        with get_engine(url).connect() as conn:
+            current = frozenset(conn.scalars(text("SELECT version_num FROM alembic_version")))
+    except Exception:  # no table yet, unreadable files, …: let Alembic decide
+        return False
+    return bool(heads) and current == heads
 
 
 LEDGER_TABLES = ("usage_records", "usage_daily")
@@ -164,9 +200,13 @@ def check_schema(url: str) -> None:
 
 
 def ensure_schema(url: str) -> None:
-    """Upgrade once per process; cheap when already at head."""
+    """Upgrade once per process. When the ledger is already at head this costs one SELECT: Alembic is not even
+    imported (importing and running it holds the GIL for ~100 ms, which callers would feel mid-traffic)."""
     key = normalize_url(url)
     if key in _upgraded:
+        return
+    if _is_current(url):
+        _upgraded.add(key)
         return
     upgrade(url)
 

@@ -119,6 +119,7 @@ class LedgerWriter:
     # -- the writer thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        self._connect()  # schema check and migrations now, at start-up, not on the first batch mid-traffic
         batch: list[UsageRecord] = []
         deadline = 0.0
         interval, size = self.settings.batch_interval_s, self.settings.batch_size
