@@ -16,6 +16,7 @@ import httpx2
 from .capture.hooks import Capturer
 from .capture.middleware import TelemetryMiddleware
 from .capture.transport import transport_classes
+from .finance.discount import load_discounts
 from .health import Health
 from .otel import OTelSink, configure_azure_monitor_export
 from .pipeline import Pipeline, RecordSink
@@ -98,6 +99,7 @@ class Telemetry:
         self._pipeline = Pipeline(
             self.prices, all_sinks, self.health, emit=self._otel.emit,
             capture_content=self.settings.capture_content, queue_size=self.settings.queue_size,
+            discounts=load_discounts(self.settings.prices_path, self.settings.discount),
         )
         self._capturer = Capturer(self._pipeline.submit, self.health.failed)
         self._middleware = TelemetryMiddleware(self._capturer, self)

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from .capture.parse import build_record
 from .capture.state import AttemptCapture
+from .finance.discount import Discounts
 from .handoff import Handoff
 from .health import Health
 from .pricing import PriceTable
@@ -32,8 +33,10 @@ class Pipeline:
         emit: Callable[[UsageRecord, AttemptCapture], None] | None = None,
         capture_content: bool = False,
         queue_size: int = 10_000,
+        discounts: Discounts | None = None,
     ) -> None:
         self._prices = prices
+        self._discounts = discounts or Discounts()
         self._sinks = list(sinks)
         self._emit = emit
         self._health = health
@@ -81,6 +84,7 @@ class Pipeline:
                 return
             try:
                 record.cost_usd = self._prices.cost(record)
+                record.billed_cost_usd = self._discounts.billed(record.cost_usd, record.resource)
             except Exception as exc:
                 self._health.failed("pricing", exc)
             if self._emit is not None:

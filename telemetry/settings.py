@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 DEFAULT_DB_URL = "sqlite:///foundry-usage.db"
@@ -33,6 +34,19 @@ def _int(value: str, name: str, minimum: int = 0) -> int:
     return n
 
 
+def discount_fraction(value: object, name: str = "FOUNDRY_TELEMETRY_DISCOUNT") -> Decimal:
+    """A contractual discount as an exact fraction, 0 ≤ d < 1 (0.12 is 12 % off the list price)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise SettingsError(f"{name}={value!r} is not a number")
+    try:
+        d = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise SettingsError(f"{name}={value!r} is not a number (a fraction such as 0.12)") from None
+    if not d.is_finite() or d < 0 or d >= 1:
+        raise SettingsError(f"{name}={value!r} must be a fraction with 0 <= discount < 1 (0.12 is 12 % off)")
+    return d
+
+
 @dataclass(frozen=True)
 class Settings:
     db_url: str = DEFAULT_DB_URL
@@ -46,6 +60,10 @@ class Settings:
     batch_size: int = 500
     batch_interval_s: float = 0.5
     ledger: bool = True  # False: no SQL sink (export only)
+    discount: Decimal = Decimal(0)  # contractual discount off list, applied before conversion to CCUs
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "discount", discount_fraction(self.discount, "discount"))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -65,6 +83,8 @@ class Settings:
             values["capture_content"] = _bool(v, "FOUNDRY_TELEMETRY_CAPTURE_CONTENT")
         if v := env.get("FOUNDRY_TELEMETRY_SPOOL_DIR"):
             values["spool_dir"] = v
+        if (v := env.get("FOUNDRY_TELEMETRY_DISCOUNT")) is not None and v.strip():
+            values["discount"] = discount_fraction(v)
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():
             if key not in known:

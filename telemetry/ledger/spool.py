@@ -35,8 +35,9 @@ def record_to_json(record: UsageRecord) -> dict[str, Any]:
 def record_from_json(data: dict[str, Any]) -> UsageRecord:
     data = dict(data)
     data["created_at"] = dt.datetime.fromisoformat(data["created_at"])
-    if data.get("cost_usd") is not None:
-        data["cost_usd"] = Decimal(data["cost_usd"])
+    for key in ("cost_usd", "billed_cost_usd"):
+        if data.get(key) is not None:
+            data[key] = Decimal(data[key])
     known = set(UsageRecord.__dataclass_fields__)
     return UsageRecord(**{k: v for k, v in data.items() if k in known})
 
