@@ -266,6 +266,36 @@ def db_upgrade(db: DbOpt = None) -> None:
     console.print(f"ledger at {make_url(url).render_as_string()} is up to date")
 
 
+# -- finance (issue 13): logic in telemetry/finance/ ---------------------------------------------------------
+@app.command()
+def reconcile(
+    export: Annotated[Path, typer.Argument(metavar="EXPORT.csv", help="Cost Management export (FOCUS, cost details)")],
+    tolerance: Annotated[str, typer.Option(help="allowed |bill − ledger| as a fraction of the bill")] = "0.005",
+    abs_tolerance: Annotated[str, typer.Option("--abs-tolerance", help="also allowed: this many USD")] = "0",
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+    resource_map: Annotated[Path | None, typer.Option("--resource-map", help="TOML: ledger name = Azure name")] = None,
+    publisher: Annotated[list[str] | None, typer.Option("--publisher", help="keep rows whose publisher contains "
+                                                        "this (repeatable; default anthropic)")] = None,
+    meter: Annotated[list[str] | None, typer.Option("--meter", help="… or whose meter contains this "
+                                                    "(repeatable; default claude)")] = None,
+    since: Annotated[str | None, typer.Option(help="YYYY-MM-DD (default: the export's first day)")] = None,
+    until: Annotated[str | None, typer.Option(help="YYYY-MM-DD (default: the export's last day)")] = None,
+    basis: Annotated[str, typer.Option(help="cost, or ccus (consumed CCUs × $0.01, any currency)")] = "cost",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file")] = None,
+    db: DbOpt = None,
+) -> None:
+    """The Azure bill vs the ledger per day × resource; exit 1 when any difference exceeds the tolerance."""
+    from .finance.cli import run_reconcile
+
+    if fmt not in ("table", "json", "csv"):
+        raise CliError(f"unknown --format {fmt!r}; choose table, json or csv")
+    code = run_reconcile(_engine(db), export, tolerance=tolerance, abs_tolerance=abs_tolerance, fmt=fmt,
+                         resource_map=resource_map, publishers=publisher, meters=meter, since=since,
+                         until=until, basis=basis, output=output, console=console, err=err)
+    if code:
+        raise typer.Exit(code)
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
@@ -273,12 +303,14 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     from .alerts import RuleError
+    from .finance.reconcile import ReconcileError
     from .ledger.db import LedgerError
     from .pricing import PriceError
     from .reports.chargeback import ReportError
     from .reports.period import PeriodError
 
-    expected = (CliError, PeriodError, ReportError, RuleError, PriceError, SettingsError, LedgerError)
+    expected = (CliError, PeriodError, ReportError, RuleError, PriceError, SettingsError, LedgerError,
+                ReconcileError)
     try:
         result = app(args=argv, standalone_mode=False)
         if isinstance(result, int) and result:

@@ -1,0 +1,132 @@
+"""Discounts, billed cost and CCUs: exact to 1e-10 USD, from the environment through the real SDK to the
+hourly totals that reconciliation and budgets read."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from telemetry.finance import CCU_USD, Discounts, billed_cost, ccus, load_discounts
+from telemetry.ledger.db import get_engine, upgrade
+from telemetry.ledger.models import UsageHourlyRow, UsageRecordRow
+from telemetry.ledger.spool import record_from_json, record_to_json
+from telemetry.ledger.store import LedgerStore
+from telemetry.settings import Settings, SettingsError
+
+from .conftest import MSG, rows
+from .helpers import make_record
+
+
+@pytest.mark.parametrize(("list_cost", "discount", "billed"), [
+    ("0.0123456789", "0.12", "0.0108641974"),      # 0.010864197432 → half-even to 1e-10
+    ("0.0000000001", "0.12", "0.0000000001"),      # 0.000000000088 rounds up to one unit
+    ("0.0000000005", "0.5", "0.0000000002"),       # 0.00000000025: half-even goes down
+    ("0.0000000015", "0.5", "0.0000000008"),       # 0.00000000075: half-even goes up
+    ("12.3400000000", "0", "12.3400000000"),
+    ("1", "0.9999999999", "0.0000000001"),
+])
+def test_billed_cost_is_exact_to_1e10(list_cost, discount, billed):
+    result = billed_cost(Decimal(list_cost), Decimal(discount))
+    assert result == Decimal(billed) and result.as_tuple().exponent == -10
+    assert ccus(result) == Decimal(billed) / Decimal("0.01") == Decimal(billed) * 100
+    assert billed_cost(None, Decimal(discount)) is None  # unknown price stays unknown
+
+
+def test_ccu_is_one_cent_and_discount_means_fewer_ccus():
+    assert Decimal("0.01") == CCU_USD
+    assert ccus(billed_cost(Decimal("10"), Decimal("0.12"))) == Decimal("880")
+    assert format(ccus(Decimal("0.0000000001")), "f") == "0.00000001"  # plain notation, never 1E-8
+
+
+@pytest.mark.parametrize("value", ["1", "1.0", "-0.01", "abc", "nan", "inf", "12%"])
+def test_discount_env_rejects_bad_values_in_one_line(value):
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"FOUNDRY_TELEMETRY_DISCOUNT": value})
+    assert "FOUNDRY_TELEMETRY_DISCOUNT" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_discount_env_and_kwargs():
+    assert Settings.from_env({}).discount == 0
+    assert Settings.from_env({"FOUNDRY_TELEMETRY_DISCOUNT": "0.12"}).discount == Decimal("0.12")
+    assert Settings.from_env({"FOUNDRY_TELEMETRY_DISCOUNT": "0.9999"}).discount == Decimal("0.9999")
+    assert Settings.from_env({}, discount=0.15).discount == Decimal("0.15")
+    with pytest.raises(SettingsError):
+        Settings.from_env({}, discount=1)
+
+
+def test_per_resource_discount_from_price_file(tmp_path):
+    prices = tmp_path / "p.toml"
+    prices.write_text('[discounts]\n"Contoso-East" = "0.2"\n')
+    d = load_discounts(prices, Decimal("0.12"))
+    assert d.for_resource("contoso-east") == Decimal("0.2") and d.for_resource("other") == Decimal("0.12")
+    assert d.billed(Decimal("1"), "CONTOSO-EAST") == Decimal("0.8")
+    prices.write_text('[discounts]\n"x" = "1.5"\n')
+    with pytest.raises(SettingsError, match="discounts.x"):
+        load_discounts(prices)
+
+
+def test_spool_round_trip_keeps_billed_cost_exact():
+    r = make_record(1, billed_cost_usd=Decimal("0.0108241974"))
+    back = record_from_json(record_to_json(r))
+    assert back.billed_cost_usd == Decimal("0.0108241974") and isinstance(back.billed_cost_usd, Decimal)
+
+
+def test_hourly_totals_equal_the_rows_and_replays_count_once(db_url):
+    upgrade(db_url)
+    engine = get_engine(db_url)
+    base = dt.datetime(2026, 11, 3, 10, 0, tzinfo=dt.UTC)
+    discounts = Discounts(Decimal("0.12"), {"contoso-west": Decimal("0.25")})
+    records = []
+    for i in range(40):
+        r = make_record(i, cost=f"0.{i + 1:010d}", resource=["contoso-east", "Contoso-West"][i % 2],
+                        team=["search", "support"][i % 3 % 2])
+        r.created_at = base + dt.timedelta(minutes=17 * i)
+        r.billed_cost_usd = discounts.billed(r.cost_usd, r.resource)
+        records.append(r)
+    records.append(make_record(99, cost=None, resource="contoso-east"))  # unpriced: counted, never costed
+    store = LedgerStore(engine)
+    assert store.insert(records) == 41
+    assert store.insert(records[:10]) == 0  # a replay adds nothing
+    t = UsageHourlyRow.__table__
+    with engine.connect() as conn:
+        got = conn.execute(select(func.sum(t.c.requests), func.sum(t.c.cost_e10), func.sum(t.c.billed_e10),
+                                  func.sum(t.c.unpriced))).one()
+        per_hour = conn.execute(select(t.c.hour, func.sum(t.c.billed_e10)).group_by(t.c.hour)).all()
+        stored = conn.scalars(select(UsageRecordRow.billed_cost_usd).where(UsageRecordRow.id == records[1].record_id)
+                              ).one()
+    priced = records[:40]
+    assert got[0] == 41 and got[3] == 1
+    assert got[1] == sum(int(r.cost_usd.scaleb(10)) for r in priced)
+    assert got[2] == sum(int(r.billed_cost_usd.scaleb(10)) for r in priced)
+    assert stored == records[1].billed_cost_usd == (records[1].cost_usd * Decimal("0.75")).quantize(Decimal("1e-10"))
+    expected: dict[dt.datetime, int] = {records[40].created_at.replace(minute=0, second=0, microsecond=0): 0}
+    for r in priced:
+        h = r.created_at.replace(minute=0)
+        expected[h] = expected.get(h, 0) + int(r.billed_cost_usd.scaleb(10))
+    assert {h.astimezone(dt.UTC): v for h, v in per_hour} == expected
+
+
+def test_discount_through_the_real_sdk(make_tel, emulator, otel, sqlite_url):
+    from anthropic import AnthropicFoundry
+
+    from .conftest import sdk_kwargs
+
+    tel = make_tel(discount="0.12")
+    client = tel.instrument(AnthropicFoundry(**sdk_kwargs(emulator, otel)))
+    for _ in range(3):
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=16, messages=MSG)
+    assert tel.flush()
+    got = rows(sqlite_url)
+    assert len(got) == 3 and all(r.cost_usd and r.cost_usd > 0 for r in got)
+    for r in got:
+        assert r.billed_cost_usd == (r.cost_usd * Decimal("0.88")).quantize(Decimal("1e-10"))
+    t = UsageHourlyRow.__table__
+    with get_engine(sqlite_url).connect() as conn:
+        billed, listed, resource = conn.execute(
+            select(func.sum(t.c.billed_e10), func.sum(t.c.cost_e10), func.max(t.c.resource))).one()
+    assert billed == sum(int(r.billed_cost_usd.scaleb(10)) for r in got)
+    assert listed == sum(int(r.cost_usd.scaleb(10)) for r in got)
+    assert resource == got[0].resource.lower()
