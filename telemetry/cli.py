@@ -211,6 +211,13 @@ def alerts_check(
     auth_error_rate: Annotated[float | None, typer.Option("--auth-error-rate", help="0-1, 401/403")] = None,
     cost_per_hour: Annotated[float | None, typer.Option("--cost-per-hour", help="USD budget per hour")] = None,
     rules: Annotated[Path | None, typer.Option("--rules", help="TOML rule file")] = None,
+    budget: Annotated[list[str] | None, typer.Option("--budget", help="monthly USD budget, billed: team:NAME=500, "
+                                                     "project:NAME=…, resource:NAME=…, all=… (repeatable)")] = None,
+    budget_alert_at: Annotated[list[str] | None, typer.Option("--budget-alert-at", help="fire when spent > this "
+                                                              "% of the budget (repeatable; default 100)")] = None,
+    budget_forecast: Annotated[str, typer.Option("--budget-forecast", help="trailing, linear or none")] = "trailing",
+    forecast_days: Annotated[int, typer.Option("--forecast-days", min=1, max=62, help="trailing window")] = 7,
+    at: Annotated[str | None, typer.Option("--at", help="evaluate as of this UTC time, ISO 8601 (default now)")] = None,
     webhook: Annotated[str | None, typer.Option("--webhook", help="POST JSON here when a rule fires")] = None,
     min_requests: Annotated[int, typer.Option("--min-requests", min=1)] = 1,
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
@@ -225,28 +232,52 @@ def alerts_check(
     options: dict[str, Any] = {}
     if rules is not None:
         rule_list, options = load_rules(rules)
+    budgets = list(options.get("budgets", []))
+    if budget:
+        from .finance.budget import BudgetError, parse_budget_flag
+
+        try:
+            budgets += [parse_budget_flag(b, budget_alert_at or [], budget_forecast, forecast_days) for b in budget]
+        except BudgetError as exc:
+            raise CliError(str(exc)) from None
     flags = {"latency_p95": p95_ms, "error_rate": error_rate, "server_error_rate": server_error_rate,
              "rate_limit_rate": rate_limit_rate, "auth_error_rate": auth_error_rate, "cost_per_hour": cost_per_hour}
     for kind, value in flags.items():
         if value is not None:
             rule_list.append(make_rule({"kind": kind, "threshold": value, "min_requests": min_requests},
                                        f"--{kind.replace('_', '-')}"))
-    if not rule_list:
-        raise CliError("no rules: give --p95-ms, --error-rate, --cost-per-hour … or --rules FILE")
+    if not rule_list and not budgets:
+        raise CliError("no rules: give --p95-ms, --error-rate, --cost-per-hour, --budget … or --rules FILE")
     minutes = window if window is not None else options.get("window_minutes", 15)
     if minutes < 1:
         raise CliError(f"--window must be at least 1 minute (got {minutes})")
-    evaluation = evaluate(_engine(db), rule_list, minutes)
+    when = None
+    if at is not None:
+        import datetime as dt
+
+        try:
+            when = dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
+        except ValueError:
+            raise CliError(f"--at {at!r} is not an ISO 8601 time (2026-11-16T12:00Z)") from None
+        when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+    evaluation = evaluate(_engine(db), rule_list, minutes, when, budgets=budgets)
     hook = webhook or options.get("webhook")
     if fmt == "json":
         sys.stdout.write(json.dumps(evaluation.as_dict(), indent=2, default=str) + "\n")
     elif evaluation.firing:
         for f in evaluation.firing:
             where = f" on {f.deployment}" if f.deployment else ""
+            if "message" in f.detail:  # budgets say what they compared
+                console.print(f"[red]FIRING[/red] {f.rule}: {f.detail['message']}", soft_wrap=True)
+                continue
             console.print(f"[red]FIRING[/red] {f.rule}{where}: {f.value:.4g} > {f.threshold:g} "
                           f"({f.requests} requests in {minutes} min)")
     else:
-        console.print(f"[green]ok[/green] {len(rule_list)} rules quiet over the last {minutes} min")
+        console.print(f"[green]ok[/green] {len(rule_list) + len(budgets)} rules quiet over the last {minutes} min")
+    if fmt != "json":
+        from .finance.budget_output import print_budgets
+
+        print_budgets(evaluation.budgets, console)
     if evaluation.firing and hook:
         try:
             post_webhook(hook, evaluation)

@@ -7,7 +7,6 @@ import csv
 import datetime as dt
 import io
 import json
-import subprocess
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,28 +16,15 @@ from telemetry.finance import Discounts
 from telemetry.ledger.db import get_engine, upgrade
 from telemetry.ledger.store import LedgerStore
 
+from .finance_util import runner
 from .helpers import make_record
 from .test_cli import cli
 
 
 @pytest.fixture
 def run(capsys):
-    """The console script's `main`, in-process (a subprocess costs ~1.5 s here); the first tests below also go
-    through the installed script itself."""
-    from telemetry import cli as cli_module
+    return runner(capsys)
 
-    cli_module.console.width = 200
-
-    def invoke(*args: str) -> subprocess.CompletedProcess:
-        try:
-            cli_module.main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
-    return invoke
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SUB = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/ai-rg/providers/"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from decimal import Decimal
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -32,17 +34,20 @@ def to_table(rec: Reconciliation, console: Console) -> None:
                   f"{rec.since} → {rec.until} · tolerance {rec.tolerance:%}"
                   + (f" or ${rec.abs_tolerance}" if rec.abs_tolerance else "")
                   + (" · bill taken as consumed CCUs × $0.01" if rec.basis == "ccus" else ""), soft_wrap=True)
-    table = Table(show_lines=False)
-    for name, justify in (("day", "left"), ("resource", "left"), ("billed USD", "right"), ("ledger USD", "right"),
-                          ("difference", "right"), ("%", "right"), ("status", "left")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, padding=(0, 1, 0, 0),
+                  caption="USD rounded to 0.0001 here; --format json or csv is exact")
+    for name, width in (("day", 10), ("resource", 12), ("billed", 0), ("ledger", 0), ("difference", 0),
+                        ("%", 0), ("status", 11)):
+        table.add_column(name, justify="left" if width else "right", no_wrap=name != "resource",
+                         min_width=width or None, overflow="fold")
     for line in rec.lines:
-        d = line.as_dict()
-        style = None if line.status == "ok" else "red"
-        table.add_row(d["day"], d["resource"], d["billed_usd"] or "—", d["ledger_usd"] or "—",
-                      d["difference_usd"], "—" if d["percent"] is None else d["percent"], line.status, style=style)
+        pct = line.percent
+        table.add_row(line.day.isoformat(), line.resource, _short(line.billed_usd), _short(line.ledger_usd),
+                      _short(line.difference), "—" if pct is None else f"{pct:.2f}", line.status,
+                      style=None if line.status == "ok" else "red")
     t = rec.totals()
-    table.add_row("total", "", t["billed_usd"], t["ledger_usd"], t["difference_usd"], "", "", style="bold")
+    table.add_row("total", "", *(_short(Decimal(t[k])) for k in ("billed_usd", "ledger_usd", "difference_usd")),
+                  "", "", style="bold")
     console.print(table)
     if rec.bill_only:
         console.print("[red]on the bill, not in the ledger:[/red] "
@@ -57,3 +62,7 @@ def to_table(rec: Reconciliation, console: Console) -> None:
                       + (" …" if len(bad) > 20 else ""), soft_wrap=True)
     else:
         console.print("[green]ledger agrees with the bill[/green] within tolerance")
+
+
+def _short(value: Decimal | None) -> str:
+    return "—" if value is None else f"{value.quantize(Decimal('0.0001')):,}"
