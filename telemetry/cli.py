@@ -96,6 +96,9 @@ def report(
     by: Annotated[str, typer.Option(help="team,project,user,deployment,model,day,month,tag:NAME")] = "team",
     fmt: Annotated[str, typer.Option("--format", help="table, csv, json or html")] = "table",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file")] = None,
+    budgets: Annotated[Path | None, typer.Option("--budgets", help="html: [[budget]]s of this rules TOML")] = None,
+    reconciliation: Annotated[Path | None, typer.Option("--reconciliation",
+                                                        help="html: `reconcile --format json` output")] = None,
     db: DbOpt = None,
 ) -> None:
     """Chargeback report from the daily rollups (totals survive retention)."""
@@ -119,9 +122,13 @@ def report(
             to_table(rep, console)
         return
     if fmt == "html":
+        from .alerts import load_rules
+        from .finance.view import load_reconciliation
         from .reports.html import render_html
 
-        text = render_html(engine, rep)
+        budget_list = load_rules(budgets)[1].get("budgets") if budgets else None
+        days = load_reconciliation(reconciliation) if reconciliation else None
+        text = render_html(engine, rep, budget_list, days)
     else:
         text = to_csv(rep) if fmt == "csv" else to_json(rep) + "\n"
     if output:
