@@ -153,6 +153,7 @@ def span_attributes(r: UsageRecord) -> dict[str, Any]:
         n.FOUNDRY_PROJECT: r.project,
         n.FOUNDRY_USER: r.user,
         n.FOUNDRY_COST_USD: format(r.cost_usd, "f") if r.cost_usd is not None else None,
+        n.FOUNDRY_BILLED_COST_USD: format(r.billed_cost_usd, "f") if r.billed_cost_usd is not None else None,
         n.FOUNDRY_PROMPT: r.prompt,
         n.FOUNDRY_COMPLETION: r.completion,
     }
