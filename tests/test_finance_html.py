@@ -22,18 +22,19 @@ from .test_finance_reconcile import focus_export
 
 @pytest.fixture
 def ledger(tmp_path):
-    """This month so far: three teams (one named like an attack), 12 % off list, two resources."""
+    """The last two days up to the last full hour: three teams (one named like an attack), 12 % off list, two
+    resources. (The burn-down is as of the last full hour; a team busy in the last week has one, even on the 1st.)"""
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     upgrade(url)
-    now = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
-    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    span = (now - month_start).total_seconds()
+    end = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0) - dt.timedelta(seconds=1)
+    start = end - dt.timedelta(days=2)
+    span = (end - start).total_seconds()
     discounts = Discounts(Decimal("0.12"))
     records = []
     for i in range(90):
         r = make_record(i, cost=f"0.{(i * 7919) % 10**8:08d}", team=["search", "support", XSS][i % 3],
                         resource=["contoso-east", "contoso-west"][i % 2])
-        r.created_at = month_start + dt.timedelta(seconds=span * i / 90)
+        r.created_at = start + dt.timedelta(seconds=span * i / 90)
         r.billed_cost_usd = discounts.billed(r.cost_usd, r.resource)
         records.append(r)
     LedgerStore(get_engine(url)).insert(records)
@@ -59,7 +60,7 @@ def test_finance_view_in_headless_chromium(ledger, tmp_path):
     budgets = tmp_path / "budgets.toml"
     budgets.write_text('[[budget]]\nteam = "search"\namount = "0.5"\n')
     page = tmp_path / "r.html"
-    out = cli("report", "--db", url, "--since", "mtd", "--format", "html", "-o", str(page),
+    out = cli("report", "--db", url, "--since", "7d", "--format", "html", "-o", str(page),
               "--budgets", str(budgets), "--reconciliation", str(rec))
     assert out.returncode == 0, out.stderr
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

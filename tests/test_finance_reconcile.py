@@ -274,3 +274,23 @@ def test_bad_options_and_currency(seeded, tmp_path, run):
     out = run("reconcile", str(export), "--db", url)
     assert out.returncode == 2 and "--basis ccus" in out.stderr
     assert run("reconcile", str(export), "--db", url, "--basis", "ccus").returncode == 0
+
+
+def test_large_export_streams_with_progress(tmp_path):
+    """Read line by line: progress is reported as the file is read, and the totals equal a direct sum."""
+    from telemetry.finance.reconcile import read_export
+
+    path = tmp_path / "big.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(FOCUS_HEADER)
+        for i in range(45_000):
+            w.writerow([f"0.{i % 97:02d}", "USD", "Usage", "", f"2026-11-{1 + i % 30:02d}T00:00:00Z", i % 97, "1 CCU",
+                        "0", "Anthropic, PBC" if i % 5 else "Microsoft", f"{SUB}accounts/r{i % 3}", f"r{i % 3}", "",
+                        "Claude Consumption Unit" if i % 5 else "D4s v5"])
+    seen: list[int] = []
+    totals = read_export(path, progress=seen.append)
+    assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] == path.stat().st_size  # ASCII: chars = bytes
+    assert totals.lines == 45_000 and totals.claude_rows == 36_000 and totals.ignored_rows == 9_000
+    expected = sum(Decimal(f"0.{i % 97:02d}") for i in range(45_000) if i % 5)
+    assert sum(totals.cost.values()) == expected and len(totals.cost) == 90

@@ -162,13 +162,20 @@ def read_export(path: str | Path, claude: ClaudeFilter = ClaudeFilter(),
             raise ReconcileError(f"{p} line 1: {exc}") from None
         fmt, col = _columns(header, str(p))
         totals = ExportTotals(fmt, str(p))
+        # the hot loop: column indices as locals, and memos, since days, publishers and resource ids repeat
         width = len(header)
-        get = {k: col.get(k) for k in (*FOCUS, "resource_name")}
-
-        def cell(row: list[str], key: str) -> str:
-            i = get[key]
-            return row[i] if i is not None else ""
-
+        i_day, i_cost = col["day"], col["cost"]
+        idx = {k: col.get(k, width) for k in ("publisher", "meter", "category", "quantity", "currency",
+                                               "resource_id", "resource_name")}
+        i_pub, i_meter, i_cat, i_qty = idx["publisher"], idx["meter"], idx["category"], idx["quantity"]
+        i_cur, i_rid, i_rname = idx["currency"], idx["resource_id"], idx["resource_name"]
+        days: dict[str, dt.date] = {}
+        kept: dict[tuple[str, str], bool] = {}
+        names: dict[tuple[str, str], str] = {}
+        cost_of, quantity_of = totals.cost, totals.quantity
+        zero = Decimal(0)
+        first = last = None
+        lines = claude_rows = ignored = non_usage = 0
         while True:
             try:
                 row = next(reader)
@@ -176,37 +183,55 @@ def read_export(path: str | Path, claude: ClaudeFilter = ClaudeFilter(),
                 break
             except (csv.Error, UnicodeDecodeError) as exc:
                 raise ReconcileError(f"{p} line {reader.line_num}: {exc}") from None
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue
-            line = reader.line_num
             if len(row) != width:
-                raise ReconcileError(f"{p} line {line}: {len(row)} fields, the header has {width}")
-            totals.lines += 1
-            try:
-                day = _day(cell(row, "day"))
-            except ValueError:
-                raise ReconcileError(f"{p} line {line}: {cell(row, 'day')!r} is not a date") from None
-            totals.first_day = day if totals.first_day is None else min(totals.first_day, day)
-            totals.last_day = day if totals.last_day is None else max(totals.last_day, day)
-            if not claude.keeps(cell(row, "publisher"), cell(row, "meter")):
-                totals.ignored_rows += 1
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                raise ReconcileError(f"{p} line {reader.line_num}: {len(row)} fields, the header has {width}")
+            row.append("")  # index `width` stands for a column the export does not have
+            lines += 1
+            text = row[i_day]
+            day = days.get(text)
+            if day is None:
+                try:
+                    day = _day(text)
+                except ValueError:
+                    raise ReconcileError(f"{p} line {reader.line_num}: {text!r} is not a date") from None
+                if len(days) < 100_000:
+                    days[text] = day
+                first = day if first is None or day < first else first
+                last = day if last is None or day > last else last
+            who = (row[i_pub], row[i_meter])
+            keep = kept.get(who)
+            if keep is None:
+                keep = kept[who] = claude.keeps(*who)
+            if not keep:
+                ignored += 1
                 continue
-            category = cell(row, "category").strip().lower()
-            if category and category != "usage":
-                totals.non_usage_rows += 1
+            category = row[i_cat]
+            if category and category.strip().lower() != "usage":
+                non_usage += 1
                 continue
             try:
-                cost = _amount(cell(row, "cost"))
-                quantity = _amount(cell(row, "quantity"))
+                cost = _amount(row[i_cost])
+                quantity = _amount(row[i_qty])
             except InvalidOperation:
-                raise ReconcileError(f"{p} line {line}: cost {cell(row, 'cost')!r} or quantity "
-                                     f"{cell(row, 'quantity')!r} is not a number") from None
-            key = (day, resource_name(cell(row, "resource_id"), cell(row, "resource_name")))
-            totals.cost[key] = totals.cost.get(key, Decimal(0)) + cost
-            totals.quantity[key] = totals.quantity.get(key, Decimal(0)) + quantity
-            totals.claude_rows += 1
-            if currency := cell(row, "currency").strip().upper():
-                totals.currencies.add(currency)
+                raise ReconcileError(f"{p} line {reader.line_num}: cost {row[i_cost]!r} or quantity "
+                                     f"{row[i_qty]!r} is not a number") from None
+            ids = (row[i_rid], row[i_rname])
+            name = names.get(ids)
+            if name is None:
+                name = resource_name(*ids)
+                if len(names) < 100_000:
+                    names[ids] = name
+            key = (day, name)
+            cost_of[key] = cost_of.get(key, zero) + cost
+            quantity_of[key] = quantity_of.get(key, zero) + quantity
+            claude_rows += 1
+            if (currency := row[i_cur]) and (code := currency.strip().upper()):
+                totals.currencies.add(code)
+        totals.lines, totals.claude_rows, totals.ignored_rows, totals.non_usage_rows = (
+            lines, claude_rows, ignored, non_usage)
+        totals.first_day, totals.last_day = first, last
     return totals
 
 

@@ -81,24 +81,29 @@ def summary(engine: Engine, since: dt.date, until: dt.date) -> FinanceSummary:
 
 def burn_downs(engine: Engine, until: dt.date, budgets: list[Budget] | None = None, limit: int = 6,
                now: dt.datetime | None = None) -> list[BurnDown]:
-    """The month that holds `until` (up to now): per team, cumulative billed cost by day and a trailing
-    7-day forecast to month end; the budget line where a team budget exists."""
-    real_now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    """The month that holds `until` (up to the last full hour): per team, cumulative billed cost by day and a
+    trailing 7-day forecast to month end; the budget line where a team budget exists."""
+    # as of the last full hour, as Foundry meters: the page is the same for a whole hour (and before and after a
+    # purge, since `usage_hourly` outlives retention)
+    real_now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
     month_start, month_end = month_bounds(_start(until))
     at = min(real_now, month_end)
     days = (month_end - month_start).days
     t = UsageHourlyRow.__table__
+    since = min(month_start, at - dt.timedelta(days=7))  # a team busy last week has a forecast, even on the 1st
     stmt = (select(t.c.hour, t.c.team, t.c.billed_e10)
-            .where(t.c.hour >= month_start, t.c.hour < at))
+            .where(t.c.hour >= since, t.c.hour < at))
     per_team: dict[str, list[int]] = {}
     with engine.connect() as conn:
         for hour, team, e10 in conn.execute(stmt):
             series = per_team.setdefault(team or "", [0] * days)
-            series[(hour.astimezone(dt.UTC) - month_start).days] += e10 or 0
+            hour = hour.astimezone(dt.UTC)
+            if hour >= month_start:
+                series[(hour - month_start).days] += e10 or 0
     by_team = {b.target: b.amount for b in budgets or () if b.scope == "team"}
     elapsed_days = (at - month_start).days + (1 if at < month_end else 0)
     out = []
-    for team, series in sorted(per_team.items(), key=lambda kv: -sum(kv[1]))[:limit]:
+    for team, series in sorted(per_team.items(), key=lambda kv: (-sum(kv[1]), kv[0]))[:limit]:
         running, cumulative = 0, []
         for e10 in series[:elapsed_days]:
             running += e10
