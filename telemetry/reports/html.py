@@ -21,6 +21,12 @@ PALETTE = ("#3b6fd8", "#e07b39", "#3aa37a", "#c2477d", "#8a63d2", "#c9a227", "#4
 W, BAR_H, GAP, LEFT = 720, 22, 8, 170
 
 
+def _exact(v: Decimal, prefix: str = "") -> str:
+    """Every digit the ledger has (1e-10 USD), plain notation, trailing zeros dropped."""
+    text = f"{v:,f}"
+    return prefix + (text.rstrip("0").rstrip(".") if "." in text else text)
+
+
 def _money(v: Decimal | float) -> str:
     return f"${Decimal(str(v)).quantize(Decimal('0.0001')):,}"
 
@@ -207,8 +213,8 @@ def finance_view(engine: Engine, report: Report, budgets: list[Budget] | None = 
     """List vs billed cost, discount, CCUs, burn-down per team, and the bill vs the ledger when reconciled."""
     fin = finance_summary(engine, report.since, report.until)
     pct = f" ({fin.discount_percent} %)" if fin.discount_percent is not None else ""
-    kpis = [("List cost", _money(fin.list_usd)), ("Discount", _money(fin.discount_usd) + pct),
-            ("Billed", _money(fin.billed_usd)), ("CCUs ($0.01)", f"{fin.ccus.quantize(Decimal('0.01')):,}")]
+    kpis = [("List cost", _exact(fin.list_usd, "$")), ("Discount", _exact(fin.discount_usd, "$") + pct),
+            ("Billed", _exact(fin.billed_usd, "$")), ("CCUs ($0.01)", _exact(fin.ccus))]
     kpi_html = "".join(f'<span class="kpi">{escape(k)}<b>{escape(v)}</b></span>' for k, v in kpis)
     charts = [grouped_hbar_chart("billed-vs-list", "Billed vs list cost by team (USD)",
                                  [(t.team, [float(t.list_usd), float(t.billed_usd)]) for t in fin.teams[:12]],
