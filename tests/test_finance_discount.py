@@ -130,3 +130,36 @@ def test_discount_through_the_real_sdk(make_tel, emulator, otel, sqlite_url):
     assert billed == sum(int(r.billed_cost_usd.scaleb(10)) for r in got)
     assert listed == sum(int(r.cost_usd.scaleb(10)) for r in got)
     assert resource == got[0].resource.lower()
+
+
+def test_migration_backfills_hourly_totals_from_the_rows_kept(db_url):
+    """A ledger written before revision 0004: its rows become exact hourly totals (billed at list)."""
+    import sqlalchemy as sa
+
+    from telemetry.ledger.db import ensure_partitions
+
+    upgrade(db_url, "0002")
+    engine = get_engine(db_url)
+    base = dt.datetime(2026, 11, 3, 10, 0, tzinfo=dt.UTC)
+    if engine.dialect.name == "postgresql":
+        ensure_partitions(engine, {base.date(), (base + dt.timedelta(hours=30)).date()}, set())
+    costs = [f"0.{i * 7919:010d}" for i in range(30)] + [None]
+    old = UsageRecordRow.__table__  # every column but the new billed_cost_usd, as revision 0002 has them
+    columns = [c for c in old.columns if c.name != "billed_cost_usd"]
+    rows = [{c.name: None for c in columns} | {
+        "id": f"{i:032x}", "created_at": base + dt.timedelta(minutes=61 * i), "operation_id": f"op{i}", "attempt": 0,
+        "operation": "chat", "stream": False, "input_tokens": 5, "output_tokens": 7, "cache_creation_input_tokens": 0,
+        "cache_creation_5m_input_tokens": 0, "cache_creation_1h_input_tokens": 0, "cache_read_input_tokens": 0,
+        "web_search_requests": 0, "cost_usd": cost, "resource": ["Contoso-East", "contoso-west"][i % 2],
+        "team": "search", "tags": {}} for i, cost in enumerate(costs)]
+    with engine.begin() as conn:
+        conn.execute(sa.insert(sa.table("usage_records", *(sa.column(c.name, c.type) for c in columns))), rows)
+    upgrade(db_url)
+    t = UsageHourlyRow.__table__
+    with engine.connect() as conn:
+        got = conn.execute(select(func.sum(t.c.requests), func.sum(t.c.cost_e10), func.sum(t.c.billed_e10),
+                                  func.sum(t.c.unpriced), func.count(), func.sum(t.c.output_tokens))).one()
+        resources = set(conn.scalars(select(t.c.resource).distinct()))
+    listed = sum(int(Decimal(c).scaleb(10)) for c in costs if c)
+    assert tuple(got) == (31, listed, listed, 1, 31, 31 * 7)  # 61-minute steps: one hour each
+    assert resources == {"contoso-east", "contoso-west"}
