@@ -15,6 +15,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 KQL = HERE / "kql"
 SCHEMA = "https://github.com/Microsoft/Application-Insights-Workbooks/blob/master/schema/workbook.json"
+SCHEDULED_QUERY_API = "2023-12-01"  # the newest GA (stable) Microsoft.Insights/scheduledQueryRules version
 
 # (file, title, visualization, chart settings)
 PANELS = [
@@ -22,6 +23,7 @@ PANELS = [
     ("tokens_by_deployment", "Tokens by deployment", "timechart"),
     ("latency_percentiles", "Latency p50 / p95 / p99 by deployment (ms)", "table"),
     ("errors_by_type", "Error rate by error type", "piechart"),
+    ("caller_ended_by_deployment", "Streams closed by the caller (not errors)", "timechart"),
     ("rate_limit_rate", "429 rate by deployment", "timechart"),
     ("slowest_calls", "Slowest calls (with request-ids for support)", "table"),
 ]
@@ -35,7 +37,18 @@ ALERTS = [
     {
         "name": "foundry-error-rate", "query": "alert_error_rate", "measure": "error_rate",
         "threshold": "errorRateThreshold", "dimension": "deployment", "severity": 1,
-        "description": "Share of failed Claude calls on a Foundry deployment is above the threshold",
+        "description": "Share of failed Claude calls on a Foundry deployment is above the threshold "
+                       "(streams the caller closed are not failures)",
+    },
+    {
+        "name": "foundry-server-error-rate", "query": "alert_error_rate", "measure": "server_error_rate",
+        "threshold": "serverErrorRateThreshold", "dimension": "deployment", "severity": 1,
+        "description": "Share of 5xx answers on a Foundry deployment is above the threshold",
+    },
+    {
+        "name": "foundry-auth-error-rate", "query": "alert_error_rate", "measure": "auth_error_rate",
+        "threshold": "authErrorRateThreshold", "dimension": "deployment", "severity": 1,
+        "description": "Share of 401/403 answers (key or role trouble) on a Foundry deployment is above the threshold",
     },
     {
         "name": "foundry-rate-limit-rate", "query": "alert_error_rate", "measure": "rate_limit_rate",
@@ -117,8 +130,9 @@ def alerts_arm() -> dict[str, Any]:
         if alert["dimension"]:
             criterion["dimensions"] = [{"name": alert["dimension"], "operator": "Include", "values": ["*"]}]
         resources.append({
-            "type": "Microsoft.Insights/scheduledQueryRules", "apiVersion": "2023-03-15-preview",
+            "type": "Microsoft.Insights/scheduledQueryRules", "apiVersion": SCHEDULED_QUERY_API,
             "name": f"[concat(parameters('namePrefix'), '{alert['name']}')]", "location": "[parameters('location')]",
+            "kind": "LogAlert",
             "properties": {
                 "description": alert["description"], "severity": alert["severity"], "enabled": True,
                 "scopes": ["[parameters('appInsightsResourceId')]"],
@@ -143,6 +157,10 @@ def alerts_arm() -> dict[str, Any]:
             "p95ThresholdMs": {"type": "int", "defaultValue": 10000},
             "errorRateThreshold": {"type": "string", "defaultValue": "0.05",
                                    "metadata": {"description": "fraction of failed attempts, 0-1"}},
+            "serverErrorRateThreshold": {"type": "string", "defaultValue": "0.02",
+                                         "metadata": {"description": "fraction of 5xx attempts, 0-1"}},
+            "authErrorRateThreshold": {"type": "string", "defaultValue": "0.01",
+                                       "metadata": {"description": "fraction of 401/403 attempts, 0-1"}},
             "rateLimitRateThreshold": {"type": "string", "defaultValue": "0.10"},
             "costPerWindowUsd": {"type": "string", "defaultValue": "25"},
         },
@@ -196,7 +214,7 @@ def budgets_arm() -> dict[str, Any]:
                 },
             },
         }, {
-            "type": "Microsoft.Insights/scheduledQueryRules", "apiVersion": "2023-03-15-preview",
+            "type": "Microsoft.Insights/scheduledQueryRules", "apiVersion": SCHEDULED_QUERY_API,
             "condition": "[not(empty(parameters('appInsightsResourceId')))]",
             "copy": {"name": "teamBudgets", "count": "[length(parameters('teamBudgets'))]"},
             "name": f"[concat(parameters('namePrefix'), 'foundry-budget-', {team}.team)]",

@@ -1,7 +1,10 @@
 """Latency, error and cost rules evaluated on the ledger. A rule fires when its value is strictly above
 its threshold; at the threshold it stays quiet. The same rules ship as Azure scheduled-query alerts
 (dashboards/alerts.json) over the KQL in dashboards/kql/. Monthly budgets (`[[budget]]`, `--budget`) are
-evaluated by telemetry.finance.budget on billed cost, with a forecast to month end (dashboards/budgets.json)."""
+evaluated by telemetry.finance.budget on billed cost, with a forecast to month end (dashboards/budgets.json).
+
+Alerts count what the service did: an attempt the caller ended on purpose (`client_closed`, `cancelled`,
+see telemetry.record.CALLER_ENDED) is no error; it is reported apart, as `caller_ended`."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from .reports.stats import DeploymentStats, deployment_stats
 
 KINDS = {
     "latency_p95": "p95 latency per deployment, ms",
-    "error_rate": "share of failed attempts per deployment",
+    "error_rate": "share of failed attempts per deployment (streams the caller closed are not failures)",
     "server_error_rate": "share of 5xx attempts per deployment",
     "rate_limit_rate": "share of 429 attempts per deployment",
     "auth_error_rate": "share of 401/403 attempts per deployment",
@@ -156,8 +159,8 @@ def evaluate(engine: Engine, rules: list[Rule], window_minutes: int, now: dt.dat
             if value is None or s.requests < rule.min_requests:
                 continue
             if Decimal(str(value)) > rule.threshold:
-                detail = {"errors_by_type": dict(s.error_types)} if rule.kind.endswith("rate") else {
-                    "p50_ms": s.p(0.5), "p99_ms": s.p(0.99)}
+                detail = {"errors_by_type": dict(s.error_types), "caller_ended": s.caller_ended} if (
+                    rule.kind.endswith("rate")) else {"p50_ms": s.p(0.5), "p99_ms": s.p(0.99)}
                 firing.append(Firing(rule.label, rule.kind, name, value, threshold, s.requests, detail))
     statuses = []
     for budget in budgets or ():

@@ -212,7 +212,7 @@ def purge(
 def alerts_check(
     window: Annotated[int | None, typer.Option("--window", help="minutes (default 15)")] = None,
     p95_ms: Annotated[float | None, typer.Option("--p95-ms", help="p95 latency per deployment, ms")] = None,
-    error_rate: Annotated[float | None, typer.Option("--error-rate", help="0-1, all failures")] = None,
+    error_rate: Annotated[float | None, typer.Option("--error-rate", help="0-1, service failures")] = None,
     server_error_rate: Annotated[float | None, typer.Option("--server-error-rate", help="0-1, 5xx")] = None,
     rate_limit_rate: Annotated[float | None, typer.Option("--rate-limit-rate", help="0-1, 429")] = None,
     auth_error_rate: Annotated[float | None, typer.Option("--auth-error-rate", help="0-1, 401/403")] = None,

@@ -16,6 +16,7 @@ import httpx2
 from .capture.hooks import Capturer
 from .capture.middleware import TelemetryMiddleware
 from .capture.transport import transport_classes
+from .export import OtlpExporters, install_otlp, otlp_exporters
 from .finance.discount import load_discounts
 from .health import Health
 from .otel import OTelSink, configure_azure_monitor_export
@@ -32,11 +33,11 @@ _live: weakref.WeakSet[Telemetry] = weakref.WeakSet()
 _sigterm_installed = False
 
 
-def _ensure_azure_monitor(connection_string: str) -> None:
+def _ensure_azure_monitor(connection_string: str, otlp: OtlpExporters | None = None) -> None:
     global _azure_configured
     with _azure_lock:
         if _azure_configured is None:
-            configure_azure_monitor_export(connection_string)
+            configure_azure_monitor_export(connection_string, otlp)
             _azure_configured = connection_string
         elif _azure_configured != connection_string:
             log.warning("foundry-telemetry: Azure Monitor is already configured in this process; "
@@ -46,6 +47,13 @@ def _ensure_azure_monitor(connection_string: str) -> None:
 def _shutdown_all() -> None:
     for tel in list(_live):
         tel.shutdown()
+
+
+def _exit_hook_last() -> None:
+    """atexit runs the last-registered hook first: SDK providers installed just now registered their own
+    shutdown; re-registering ours makes the pipeline drain into them before they shut down."""
+    atexit.unregister(_shutdown_all)
+    atexit.register(_shutdown_all)
 
 
 def _install_sigterm() -> None:
@@ -86,8 +94,13 @@ class Telemetry:
         self.settings = settings.with_(**options) if settings else Settings.from_env({}, **options)
         self.health = Health()
         self.prices = load_price_table(self.settings.prices_path, self.settings.deployments)
-        if self.settings.connection_string and tracer_provider is None and meter_provider is None:
-            _ensure_azure_monitor(self.settings.connection_string)
+        if tracer_provider is None and meter_provider is None:  # the caller's own providers win
+            otlp = otlp_exporters(self.health.failed)  # OTEL_EXPORTER_OTLP_*, once per process
+            if self.settings.connection_string:
+                _ensure_azure_monitor(self.settings.connection_string, otlp)
+            install_otlp(otlp, self.health.failed)  # alone, or what Azure Monitor did not take
+            if self.settings.connection_string or otlp:
+                _exit_hook_last()
         self._otel = OTelSink(tracer_provider, meter_provider)
         all_sinks: list[RecordSink] = list(sinks or ())
         self.ledger = None

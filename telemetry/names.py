@@ -3,15 +3,42 @@
 GenAI names come from `opentelemetry-semantic-conventions`; the project's own live under `foundry.*`.
 Token rule on spans (the GenAI convention, as the SDK's own span does it):
 `gen_ai.usage.input_tokens` = uncached input + cache read + cache creation. The ledger keeps them apart.
+
+`OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental` (read once, at import, as OpenTelemetry's own
+instrumentations do) switches to the newest GenAI names, from the conventions' own repository
+(semantic-conventions-genai): `gen_ai.usage.cache_creation.input_tokens` → `gen_ai.usage.cache_write.input_tokens`
+(changelog 440), and the `gen_ai.client.token.usage` histogram with `gen_ai.token.type` → the
+`gen_ai.client.inference.operation.{input,output}_tokens` histograms plus the
+`gen_ai.client.inference.usage.*` counters with `gen_ai.token.modality` (changelog 374). The installed
+semconv package (0.66b1) has none of these yet: each is taken from it once it does, a literal until then.
 """
 
 from __future__ import annotations
+
+import os
 
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as _ga
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics as _gm
 from opentelemetry.semconv.attributes import error_attributes as _err
 from opentelemetry.semconv.attributes import http_attributes as _http
 from opentelemetry.semconv.attributes import server_attributes as _srv
+
+OPT_IN_ENV = "OTEL_SEMCONV_STABILITY_OPT_IN"
+GEN_AI_LATEST_OPT_IN = "gen_ai_latest_experimental"
+
+
+def latest_opted_in(value: str | None) -> bool:
+    """`OTEL_SEMCONV_STABILITY_OPT_IN` is a comma-separated list of opt-ins."""
+    return GEN_AI_LATEST_OPT_IN in {v.strip().lower() for v in (value or "").split(",")}
+
+
+LATEST = latest_opted_in(os.environ.get(OPT_IN_ENV))
+
+
+def _newest(module: object, constant: str, name: str) -> str:
+    """A name the semconv package does not have yet: its constant once it does, the literal until then."""
+    return str(getattr(module, constant, None) or name)
+
 
 INSTRUMENTATION_SCOPE = "foundry-telemetry"
 PROVIDER = "anthropic"
@@ -28,10 +55,13 @@ RESPONSE_ID = _ga.GEN_AI_RESPONSE_ID
 RESPONSE_FINISH_REASONS = _ga.GEN_AI_RESPONSE_FINISH_REASONS
 USAGE_INPUT_TOKENS = _ga.GEN_AI_USAGE_INPUT_TOKENS
 USAGE_OUTPUT_TOKENS = _ga.GEN_AI_USAGE_OUTPUT_TOKENS
-USAGE_CACHE_CREATION_INPUT_TOKENS = _ga.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS
+USAGE_CACHE_CREATION_INPUT_TOKENS = (
+    _newest(_ga, "GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS", "gen_ai.usage.cache_write.input_tokens") if LATEST
+    else _ga.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS)
 USAGE_CACHE_READ_INPUT_TOKENS = _ga.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS
 RESPONSE_TIME_TO_FIRST_CHUNK = _ga.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK
 TOKEN_TYPE = _ga.GEN_AI_TOKEN_TYPE
+TOKEN_MODALITY = _newest(_ga, "GEN_AI_TOKEN_MODALITY", "gen_ai.token.modality")
 SERVER_ADDRESS = _srv.SERVER_ADDRESS
 SERVER_PORT = _srv.SERVER_PORT
 HTTP_STATUS_CODE = _http.HTTP_RESPONSE_STATUS_CODE
@@ -60,6 +90,27 @@ METRIC_TOKEN_USAGE = _gm.GEN_AI_CLIENT_TOKEN_USAGE
 METRIC_DURATION = _gm.GEN_AI_CLIENT_OPERATION_DURATION
 METRIC_TTFC = _gm.GEN_AI_CLIENT_OPERATION_TIME_TO_FIRST_CHUNK
 METRIC_TPOC = _gm.GEN_AI_CLIENT_OPERATION_TIME_PER_OUTPUT_CHUNK
+METRIC_INFERENCE_INPUT = _newest(_gm, "GEN_AI_CLIENT_INFERENCE_OPERATION_INPUT_TOKENS",
+                                 "gen_ai.client.inference.operation.input_tokens")
+METRIC_INFERENCE_OUTPUT = _newest(_gm, "GEN_AI_CLIENT_INFERENCE_OPERATION_OUTPUT_TOKENS",
+                                  "gen_ai.client.inference.operation.output_tokens")
+# token histograms: kind → (metric name, extra attributes)
+TOKEN_HISTOGRAMS: dict[str, tuple[str, dict[str, str]]] = (
+    {"input": (METRIC_INFERENCE_INPUT, {}), "output": (METRIC_INFERENCE_OUTPUT, {})} if LATEST
+    else {"input": (METRIC_TOKEN_USAGE, {TOKEN_TYPE: "input"}), "output": (METRIC_TOKEN_USAGE, {TOKEN_TYPE: "output"})})
+# token counters (newest conventions only): kind → metric name. `input` includes cache read and write, as on
+# the span; the API reports no per-modality split, so `gen_ai.token.modality` is "unknown".
+TOKEN_COUNTERS: dict[str, str] = {
+    "input": _newest(_gm, "GEN_AI_CLIENT_INFERENCE_USAGE_INPUT_TOKENS",
+                     "gen_ai.client.inference.usage.input_tokens"),
+    "output": _newest(_gm, "GEN_AI_CLIENT_INFERENCE_USAGE_OUTPUT_TOKENS",
+                      "gen_ai.client.inference.usage.output_tokens"),
+    "cache_read": _newest(_gm, "GEN_AI_CLIENT_INFERENCE_USAGE_CACHE_READ_INPUT_TOKENS",
+                          "gen_ai.client.inference.usage.cache_read.input_tokens"),
+    "cache_write": _newest(_gm, "GEN_AI_CLIENT_INFERENCE_USAGE_CACHE_WRITE_INPUT_TOKENS",
+                           "gen_ai.client.inference.usage.cache_write.input_tokens"),
+} if LATEST else {}
+TOKEN_COUNTER_ATTRIBUTES = {TOKEN_MODALITY: "unknown"}
 METRIC_COST = "foundry.client.cost"
 METRIC_CACHE_TOKENS = "foundry.client.cache_tokens"
 

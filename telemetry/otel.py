@@ -27,8 +27,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     VERSION = "0"
 
 
-def configure_azure_monitor_export(connection_string: str) -> None:
-    """Send traces, metrics and logs to Application Insights, keeping every span.
+def configure_azure_monitor_export(connection_string: str, otlp: Any = None) -> None:
+    """Send traces, metrics and logs to Application Insights, keeping every span; `otlp`
+    (telemetry.export.OtlpExporters) rides on the same providers.
 
     The distro would otherwise instrument httpx/httpx2 (a second span per attempt) and sample by rate
     (dropping spans that support lookups need).
@@ -42,7 +43,11 @@ def configure_azure_monitor_export(connection_string: str) -> None:
     }
     if not os.environ.get("OTEL_TRACES_SAMPLER"):
         kwargs["sampling_ratio"] = 1.0
+    if otlp:
+        kwargs.update(otlp.azure_kwargs())
     configure_azure_monitor(**kwargs)
+    if otlp:
+        otlp.taken = True
 
 
 class OTelSink:
@@ -51,9 +56,12 @@ class OTelSink:
         meter = metrics.get_meter(n.INSTRUMENTATION_SCOPE, VERSION, meter_provider=meter_provider)
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
-        self._tokens = meter.create_histogram(
-            n.METRIC_TOKEN_USAGE, unit="{token}", description="Tokens used per attempt",
-            explicit_bucket_boundaries_advisory=list(n.TOKEN_BUCKETS))
+        by_name = {name: meter.create_histogram(
+            name, unit="{token}", description="Tokens used per attempt",
+            explicit_bucket_boundaries_advisory=list(n.TOKEN_BUCKETS)) for name, _ in n.TOKEN_HISTOGRAMS.values()}
+        self._tokens = {kind: (by_name[name], extra) for kind, (name, extra) in n.TOKEN_HISTOGRAMS.items()}
+        self._usage = {kind: meter.create_counter(name, unit="{token}", description="Tokens used, summed")
+                       for kind, name in n.TOKEN_COUNTERS.items()}
         self._duration = meter.create_histogram(
             n.METRIC_DURATION, unit="s", description="Duration of one HTTP attempt",
             explicit_bucket_boundaries_advisory=list(n.DURATION_BUCKETS))
@@ -92,8 +100,11 @@ class OTelSink:
     def _metrics(self, record: UsageRecord) -> None:
         attrs = metric_attributes(record)
         if record.status_code == 200 or record.total_input_tokens or record.output_tokens:
-            self._tokens.record(record.total_input_tokens, {**attrs, n.TOKEN_TYPE: "input"})
-            self._tokens.record(record.output_tokens, {**attrs, n.TOKEN_TYPE: "output"})
+            for kind, value in (("input", record.total_input_tokens), ("output", record.output_tokens)):
+                histogram, extra = self._tokens[kind]
+                histogram.record(value, {**attrs, **extra})
+            if self._usage:
+                self._usage_counters(record, attrs)
         self._duration.record((record.latency_ms or 0) / 1000, attrs)
         if record.ttft_ms is not None:
             self._ttfc.record(record.ttft_ms / 1000, attrs)
@@ -107,6 +118,14 @@ class OTelSink:
                             ("write_1h", record.cache_creation_1h_input_tokens)):
             if value:
                 self._cache.add(value, {**attrs, n.FOUNDRY_CACHE_KIND: kind})
+
+    def _usage_counters(self, record: UsageRecord, attrs: dict[str, Any]) -> None:
+        """The newest conventions' token counters (opt-in): totals that add up across attempts."""
+        counted = {**attrs, **n.TOKEN_COUNTER_ATTRIBUTES}
+        for kind, value in (("input", record.total_input_tokens), ("output", record.output_tokens),
+                            ("cache_read", record.cache_read_input_tokens),
+                            ("cache_write", record.cache_creation_input_tokens)):
+            self._usage[kind].add(value, counted)
 
     def flush(self, timeout_ms: int = 10_000) -> None:
         for provider in (self._tracer_provider or trace.get_tracer_provider(),

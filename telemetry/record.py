@@ -7,6 +7,16 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any
 
+# Attempts the caller ended on purpose (a stream closed before its end, a cancelled task): what the service
+# did was fine, so error rates, alerts and daily error counts leave them out and count them apart.
+CALLER_ENDED = frozenset({"client_closed", "cancelled"})
+
+
+def is_service_error(error_type: str | None, status_code: int | None) -> bool:
+    """An attempt that failed on the service's side (or on the way): any 4xx/5xx, or an error type that is
+    not one the caller chose (`CALLER_ENDED`)."""
+    return (status_code or 0) >= 400 or (error_type is not None and error_type not in CALLER_ENDED)
+
 
 @dataclass(slots=True)
 class UsageRecord:

@@ -69,3 +69,45 @@ def test_consistency_check_catches_a_rename(exported):
                  for k in env["data"]["baseData"].get("properties", {})}
     renamed = KQL["slowest_calls"].replace('"foundry.request_id"', '"foundry.requestId"')
     assert not set(DIM.findall(renamed)) <= span_keys
+
+
+def _alert_rules() -> list[dict]:
+    alerts = json.loads((DASH / "alerts.json").read_text())
+    return [r for r in alerts["resources"] if r["type"] == "Microsoft.Insights/scheduledQueryRules"]
+
+
+def test_azure_rules_cover_the_cli_rate_rules_on_a_ga_api():
+    from telemetry.alerts import KINDS
+
+    rules = _alert_rules()
+    assert {r["apiVersion"] for r in rules} == {"2023-12-01"}  # GA: no -preview
+    assert all(r["kind"] == "LogAlert" for r in rules)
+    measures = {c["metricMeasureColumn"] for r in rules for c in r["properties"]["criteria"]["allOf"]}
+    rate_kinds = {k for k in KINDS if k.endswith("_rate")}
+    assert rate_kinds == {"error_rate", "server_error_rate", "rate_limit_rate", "auth_error_rate"}
+    assert rate_kinds | {"p95_ms"} <= measures  # every CLI rate rule also runs Azure-side
+    for column in rate_kinds:
+        assert re.search(rf"\b{column} = ", KQL["alert_error_rate"]), column
+
+
+LIST = re.compile(r'error_type\s+!?in\s+\(([^)]*)\)')
+
+
+def _lists(query: str) -> list[set[str]]:
+    return [set(re.findall(r'"([^"]+)"', m)) for m in LIST.findall(query)]
+
+
+def test_kql_counts_caller_ended_apart_like_the_cli():
+    from telemetry.record import CALLER_ENDED
+    from telemetry.reports.stats import AUTH_ERRORS
+
+    for name, query in KQL.items():
+        if "countif(isnotempty(error_type)" in query or re.search(r"\berrors = countif", query):
+            assert set(CALLER_ENDED) in _lists(query), f"{name} counts caller-ended attempts as errors"
+    alert = KQL["alert_error_rate"]
+    assert set(CALLER_ENDED) in _lists(alert) and set(AUTH_ERRORS) in _lists(alert)
+    assert "not(by_caller)" in alert and "caller_ended = countif(by_caller)" in alert
+    assert set(CALLER_ENDED) in _lists(KQL["caller_ended_by_deployment"])
+    workbook = json.loads((DASH / "workbook.json").read_text())
+    titles = [i["content"]["title"] for i in workbook["items"] if i["type"] == 3]
+    assert any("closed by the caller" in t for t in titles)

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..finance.hourly import HOURLY_DIMS, HOURLY_SUMS, hourly_increments
-from ..record import UsageRecord
+from ..record import CALLER_ENDED, UsageRecord, is_service_error
 from .db import ensure_partitions
 from .models import COST_SCALE, LATENCY_BUCKETS_MS, UsageDailyLatencyRow, UsageDailyRow, UsageHourlyRow, UsageRecordRow
 
@@ -46,7 +46,7 @@ def _naive_utc(value: dt.datetime) -> dt.datetime:
 
 
 def is_error(record: UsageRecord) -> bool:
-    return record.error_type is not None or (record.status_code or 0) >= 400
+    return is_service_error(record.error_type, record.status_code)
 
 
 def tags_key(tags: dict[str, str] | None) -> str:
@@ -80,7 +80,7 @@ def rollup_increments(records: Iterable[UsageRecord]) -> tuple[list[dict[str, An
             t = totals[key] = [0] * 12 + [0.0]
         status = r.status_code or 0
         t[0] += 1
-        t[1] += r.error_type is not None or status >= 400
+        t[1] += status >= 400 or (r.error_type is not None and r.error_type not in CALLER_ENDED)
         t[2] += status == 429 or r.error_type == "rate_limit_error"
         t[3] += status >= 500
         t[4] += r.input_tokens

@@ -11,6 +11,7 @@ from decimal import Decimal
 from sqlalchemy import Engine, func, select
 
 from ..ledger.models import LATENCY_BUCKETS_MS, UsageDailyLatencyRow, UsageDailyRow, UsageRecordRow
+from ..record import CALLER_ENDED, is_service_error
 
 AUTH_ERRORS = {"authentication_error", "permission_error"}
 
@@ -31,6 +32,7 @@ class DeploymentStats:
     server_errors: int = 0
     rate_limited: int = 0
     auth_errors: int = 0
+    caller_ended: int = 0  # client_closed / cancelled: counted apart, not errors
     cost_usd: Decimal = Decimal(0)
     latencies: list[float] = field(default_factory=list)
     error_types: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -53,9 +55,11 @@ def deployment_stats(engine: Engine, start: dt.datetime, end: dt.datetime) -> di
             s = out.get(name) or out.setdefault(name, DeploymentStats(name))
             s.requests += 1
             status = status or 0
-            if error_type or status >= 400:
+            if is_service_error(error_type, status):
                 s.errors += 1
                 s.error_types[error_type or str(status)] += 1
+            elif error_type in CALLER_ENDED:
+                s.caller_ended += 1
             s.server_errors += status >= 500
             s.rate_limited += status == 429
             s.auth_errors += status in (401, 403) or error_type in AUTH_ERRORS
