@@ -295,3 +295,16 @@ def test_large_export_streams_with_progress(tmp_path):
     expected = sum(Decimal(f"0.{i % 97:02d}") for i in range(45_000) if i % 5)
     assert sum(totals.cost.values()) == expected
     assert len(totals.cost) == len({(i % 30, i % 3) for i in range(45_000) if i % 5})
+
+
+def test_reconcile_and_budgets_on_both_backends(db_url, tmp_path, run):
+    from telemetry.finance.budget import Budget, evaluate_budget
+
+    records = _seed(db_url)
+    export = focus_export(tmp_path / "f.csv", records)
+    out = run("reconcile", str(export), "--db", db_url, "--format", "json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert Decimal(json.loads(out.stdout)["totals"]["ledger_usd"]) == sum(r.billed_cost_usd for r in records)
+    status = evaluate_budget(get_engine(db_url), Budget(Decimal(1), "resource", "contoso-west"),
+                             dt.datetime(2026, 11, 6, tzinfo=dt.UTC))
+    assert status.spent == sum(r.billed_cost_usd for r in records if r.resource == "contoso-west")
