@@ -109,12 +109,17 @@ def test_hourly_totals_equal_the_rows_and_replays_count_once(db_url):
     assert {h.astimezone(dt.UTC): v for h, v in per_hour} == expected
 
 
-def test_discount_through_the_real_sdk(make_tel, emulator, otel, sqlite_url):
+@pytest.mark.parametrize(("per_resource", "factor"), [(None, "0.88"), ("0.25", "0.75")])
+def test_discount_through_the_real_sdk(make_tel, emulator, otel, sqlite_url, tmp_path, per_resource, factor):
     from anthropic import AnthropicFoundry
 
     from .conftest import sdk_kwargs
 
-    tel = make_tel(discount="0.12")
+    prices = None
+    if per_resource:  # the emulator's resource, as named from its host
+        prices = tmp_path / "prices.toml"
+        prices.write_text(f'[discounts]\n"127.0.0.1" = "{per_resource}"\n')
+    tel = make_tel(discount="0.12", prices_path=str(prices) if prices else None)
     client = tel.instrument(AnthropicFoundry(**sdk_kwargs(emulator, otel)))
     for _ in range(3):
         client.messages.create(model="claude-sonnet-4-5", max_tokens=16, messages=MSG)
@@ -122,7 +127,8 @@ def test_discount_through_the_real_sdk(make_tel, emulator, otel, sqlite_url):
     got = rows(sqlite_url)
     assert len(got) == 3 and all(r.cost_usd and r.cost_usd > 0 for r in got)
     for r in got:
-        assert r.billed_cost_usd == (r.cost_usd * Decimal("0.88")).quantize(Decimal("1e-10"))
+        assert r.resource == "127.0.0.1"
+        assert r.billed_cost_usd == (r.cost_usd * Decimal(factor)).quantize(Decimal("1e-10"))
     t = UsageHourlyRow.__table__
     with get_engine(sqlite_url).connect() as conn:
         billed, listed, resource = conn.execute(
