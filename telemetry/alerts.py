@@ -20,7 +20,7 @@ import httpx
 from sqlalchemy import Engine
 
 from .finance.budget import Budget, BudgetError, evaluate_budget, make_budget
-from .numbers import non_negative_decimal
+from .numbers import non_negative_decimal, plain
 from .reports.stats import DeploymentStats, deployment_stats
 
 KINDS = {
@@ -145,11 +145,15 @@ def evaluate(engine: Engine, rules: list[Rule], window_minutes: int, now: dt.dat
         if rule.kind == "cost_per_hour":
             cost = sum((s.cost_usd for s in stats.values()), Decimal(0))
             per_hour = cost * 60 / window_minutes
-            requests = sum(s.requests for s in stats.values())
-            checked.append({"rule": rule.label, "value": float(per_hour), "requests": requests})
+            requests = sum(s.requests - s.count_tokens for s in stats.values())  # billed calls only
+            unpriced = sum(s.unpriced for s in stats.values())
+            counted = sum(s.count_tokens for s in stats.values())
+            checked.append({"rule": rule.label, "value": float(per_hour), "requests": requests,
+                            "cost_usd": plain(cost), "unpriced": unpriced, "count_tokens_requests": counted})
             if per_hour > rule.threshold and requests >= rule.min_requests:
                 firing.append(Firing(rule.label, rule.kind, None, float(per_hour), threshold, requests,
-                                     {"cost_usd": str(cost)}))
+                                     {"cost_usd": plain(cost), "unpriced": unpriced,
+                                      "count_tokens_requests": counted}))
             continue
         for name, s in sorted(stats.items()):
             if rule.deployment and name != rule.deployment:

@@ -1,4 +1,5 @@
-"""`foundry-telemetry`: demo, emulator, report, lookup, purge, alerts, db. Bad input: one line, non-zero."""
+"""`foundry-telemetry`: demo, emulator, report, lookup, purge, alerts, db, prices, reprice. Bad input: one line,
+non-zero."""
 
 from __future__ import annotations
 
@@ -114,6 +115,9 @@ def report(
         raise CliError(f"folder {output.parent} does not exist")
     engine = _engine(db)
     rep = chargeback(engine, start, end, keys)
+    from .pricing.commands import retired_notes
+
+    rep.notes.extend(retired_notes(engine, start, end))
     if fmt == "table":
         if output:
             with open(output, "w", encoding="utf-8") as fh:
@@ -302,6 +306,57 @@ def db_upgrade(db: DbOpt = None) -> None:
     url = _db_url(db, must_exist=False)
     upgrade(url)
     console.print(f"ledger at {make_url(url).render_as_string()} is up to date")
+
+
+# -- prices, prices check, reprice: the logic lives in telemetry/pricing/ ---------------------------------
+prices_app = typer.Typer(invoke_without_command=True,
+                         help="The price table in force; `prices check FILE` compares it with LiteLLM's.")
+app.add_typer(prices_app, name="prices")
+PricesOpt = Annotated[Path | None, typer.Option("--prices",
+                                                help="TOML price file (overrides FOUNDRY_TELEMETRY_PRICES)")]
+HiddenDb = Annotated[str | None, typer.Option("--db", hidden=True, help="accepted like everywhere; unused")]
+
+
+@prices_app.callback()
+def prices(ctx: typer.Context, fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+           prices_file: PricesOpt = None, db: HiddenDb = None) -> None:
+    """Every model's rates (USD per million tokens), tiers, effective dates, source, checked, retirement."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .pricing.commands import print_prices
+
+    if fmt not in ("table", "json"):
+        raise CliError(f"unknown --format {fmt!r}; choose table or json")
+    print_prices(prices_file, fmt, console)
+
+
+@prices_app.command("check")
+def prices_check(file: Annotated[Path, typer.Argument(metavar="FILE", help="LiteLLM's price JSON")],
+                 fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+                 prices_file: PricesOpt = None, db: HiddenDb = None) -> None:
+    """Compare with model_prices_and_context_window.json; exit 1 on a mismatch."""
+    from .pricing.commands import print_check
+
+    if fmt not in ("table", "json"):
+        raise CliError(f"unknown --format {fmt!r}; choose table or json")
+    if print_check(file, prices_file, fmt, console):
+        raise typer.Exit(1)
+
+
+@app.command()
+def reprice(
+    since: Annotated[str, typer.Option(help="YYYY-MM-DD (or 7d, mtd …), first day re-priced")],
+    until: Annotated[str | None, typer.Option(help="YYYY-MM-DD (inclusive, default today)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change, change nothing")] = False,
+    prices_file: PricesOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Recompute cost_usd of the rows in the window with the current table; daily totals move by the difference."""
+    from .pricing.commands import run_reprice
+    from .reports.period import parse_period
+
+    start, end = parse_period(since, until)
+    run_reprice(_engine(db), start, end, dry_run, prices_file, console, err)
 
 
 # -- finance (issue 13): logic in telemetry/finance/ ---------------------------------------------------------

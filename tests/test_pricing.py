@@ -1,9 +1,12 @@
-"""Hand-computed costs for every model in the built-in table and every token kind."""
+"""The held-in price matrix (rates typed in here from ../shared/DESIGN.md, not read from prices.toml):
+every priced model × every token kind × tier boundaries × before/after a dated change × a 1.1× deployment,
+exact to 1e-10. Plus the no-guess rules and the strict price file."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -11,123 +14,251 @@ import pytest
 from telemetry.pricing import PriceError, load_price_table
 from telemetry.record import UsageRecord
 
-# (model, base input, 5m write, 1h write, cache read, output) in USD per million tokens, from the pricing pages
-EXPECTED = [
-    ("claude-opus-5-5", "4", "5", "8", "0.20", "20"),
-    ("claude-opus-5", "5", "6.25", "10", "0.50", "25"),
-    ("claude-sonnet-5-5", "2", "2.50", "4", "0.20", "10"),
-    ("claude-sonnet-5", "2", "2.50", "4", "0.20", "10"),
-    ("claude-opus-4-7", "5", "6.25", "10", "0.50", "25"),
-    ("claude-opus-4-6", "5", "6.25", "10", "0.50", "25"),
-    ("claude-sonnet-4-6", "3", "3.75", "6", "0.30", "15"),
-    ("claude-opus-4-5", "5", "6.25", "10", "0.50", "25"),
-    ("claude-opus-4-1", "15", "18.75", "30", "1.50", "75"),
-    ("claude-opus-4", "15", "18.75", "30", "1.50", "75"),
-    ("claude-sonnet-4-5", "3", "3.75", "6", "0.30", "15"),
-    ("claude-sonnet-4", "3", "3.75", "6", "0.30", "15"),
-    ("claude-3-7-sonnet", "3", "3.75", "6", "0.30", "15"),
-    ("claude-haiku-4-5", "1", "1.25", "2", "0.10", "5"),
-    ("claude-3-5-haiku", "0.80", "1", "1.60", "0.08", "4"),
-    ("claude-3-haiku", "0.25", "0.30", "0.50", "0.03", "1.25"),
-]
+D = Decimal
+OPUS_5 = ("5", "6.25", "10", "0.50", "25")
+OPUS_41 = ("15", "18.75", "30", "1.50", "75")
+SONNET_4 = ("3", "3.75", "6", "0.30", "15")
+SONNET_4_LONG = (200_000, ("6", "7.50", "12", "0.60", "22.50"))
+FABLE_51 = ("10", "12.50", "20", "0.25", "50")
+FABLE_5 = ("10", "12.50", "20", "1.00", "50")
+# model: [(effective or None, (input, 5m write, 1h write, cache read, output))], tier (threshold, rates) or None
+EXPECTED: dict[str, tuple[list[tuple[dt.date | None, tuple[str, ...]]], tuple[int, tuple[str, ...]] | None]] = {
+    "claude-opus-5-5": ([(None, ("4", "5", "8", "0.20", "20"))], None),
+    "claude-opus-5-5-fast": ([(None, ("8", "10", "16", "0.40", "40"))], None),
+    "claude-opus-5": ([(None, OPUS_5)], None),
+    "claude-opus-4-8": ([(None, OPUS_5)], None),
+    "claude-opus-4-7": ([(None, OPUS_5)], None),
+    "claude-opus-4-6": ([(None, OPUS_5)], None),
+    "claude-opus-4-5": ([(None, OPUS_5)], None),
+    "claude-opus-4-1": ([(None, OPUS_41)], None),
+    "claude-opus-4": ([(None, OPUS_41)], None),
+    "claude-sonnet-5-5": ([(None, ("2", "2.50", "4", "0.20", "10")),
+                           (dt.date(2026, 10, 7), ("2", "2.50", "4", "0.10", "10"))], None),
+    "claude-sonnet-5": ([(None, ("2", "2.50", "4", "0.20", "10"))], None),
+    "claude-sonnet-4-6": ([(None, SONNET_4)], None),
+    "claude-sonnet-4-5": ([(None, SONNET_4)], SONNET_4_LONG),
+    "claude-sonnet-4": ([(None, SONNET_4)], SONNET_4_LONG),
+    "claude-3-7-sonnet": ([(None, SONNET_4)], None),
+    "claude-haiku-5-5": ([(None, ("0.10", "0.125", "0.20", "0.01", "0.50"))],
+                         (100_000, ("0.50", "0.625", "1.00", "0.05", "2.50"))),
+    "claude-haiku-4-5": ([(None, ("1", "1.25", "2", "0.10", "5"))], None),
+    "claude-3-5-haiku": ([(None, ("0.80", "1", "1.60", "0.08", "4"))], None),
+    "claude-3-haiku": ([(None, ("0.25", "0.30", "0.50", "0.03", "1.25"))], None),
+    "claude-fable-5-1": ([(None, FABLE_51)], None),
+    "claude-mythos-5-1": ([(None, FABLE_51)], None),
+    "claude-fable-5": ([(None, FABLE_5)], None),
+    "claude-mythos-5": ([(None, FABLE_5)], None),
+    "claude-mythos-preview": ([(None, FABLE_5)], None),
+}
+RETIREMENT = {"claude-haiku-4-5": dt.date(2026, 11, 15), "claude-opus-4-5": dt.date(2026, 11, 24),
+              "claude-sonnet-4-5": dt.date(2026, 11, 30)}
+KINDS = ("input", "write_5m", "write_1h", "write_no_breakdown", "cache_read", "output")
+COUNTS = (1, 99_999, 100_000, 100_001, 199_999, 200_000, 200_001)
+TOLERANCE = D("1e-10")
 
 
-def rec(model: str, deployment: str | None = None, **tokens: int) -> UsageRecord:
-    r = UsageRecord(created_at=dt.datetime.now(dt.UTC), operation_id="o", attempt=0,
+def rec(model: str | None, deployment: str | None = None, when: dt.datetime | None = None, **tokens: int
+        ) -> UsageRecord:
+    r = UsageRecord(created_at=when or dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC), operation_id="o", attempt=0,
                     deployment=deployment or model, model=model)
     for k, v in tokens.items():
         setattr(r, k, v)
     return r
 
 
+def tokens_of(kind: str, n: int) -> dict[str, int]:
+    return {"input": {"input_tokens": n},
+            "write_5m": {"cache_creation_input_tokens": n, "cache_creation_5m_input_tokens": n},
+            "write_1h": {"cache_creation_input_tokens": n, "cache_creation_1h_input_tokens": n},
+            "write_no_breakdown": {"cache_creation_input_tokens": n},
+            "cache_read": {"cache_read_input_tokens": n},
+            # output with a prompt of the same size, so that the tier is exercised for output too
+            "output": {"output_tokens": n, "input_tokens": n}}[kind]
+
+
+def expected_cost(model: str, when: dt.datetime, kind: str, n: int, multiplier: Decimal) -> Decimal:
+    periods, tier = EXPECTED[model]
+    rates = periods[0][1]
+    for effective, r in periods:
+        if effective is None or when >= dt.datetime.combine(effective, dt.time(), dt.UTC):
+            rates = r
+    inp, w5, w1h, read, out = (D(x) for x in rates)
+    if tier is not None and n > tier[0]:  # every kind here is n prompt tokens (output: n input + n output)
+        inp, w5, w1h, read, out = (D(x) for x in tier[1])
+    per_million = {"input": n * inp, "write_5m": n * w5, "write_1h": n * w1h, "write_no_breakdown": n * w5,
+                   "cache_read": n * read, "output": n * out + n * inp}[kind]
+    return per_million / 1_000_000 * multiplier
+
+
+def dates_for(model: str) -> list[dt.datetime]:
+    periods, _ = EXPECTED[model]
+    out = [dt.datetime(2026, 1, 2, 3, tzinfo=dt.UTC)]
+    for effective, _rates in periods:
+        if effective is not None:
+            start = dt.datetime.combine(effective, dt.time(), dt.UTC)
+            out += [start - dt.timedelta(microseconds=1), start, start + dt.timedelta(days=30)]
+    return out
+
+
 @pytest.fixture(scope="module")
 def table():
-    return load_price_table()
+    return load_price_table(deployments="usdz=claude-haiku-4-5*1.1")
 
 
-def test_every_model_in_table_is_covered(table):
-    assert set(table.models) == {m for m, *_ in EXPECTED}
+def test_every_priced_model_is_held_in(table):
+    assert set(table.models) == set(EXPECTED)
+    assert "claude-fable-5-2" not in table.models  # unverified: stays NULL until a first-party source says
 
 
-@pytest.mark.parametrize(("model", "inp", "w5", "w1h", "read", "out"), EXPECTED)
-def test_each_token_kind(table, model, inp, w5, w1h, read, out):
-    m = Decimal(1_000_000)
-    assert table.cost(rec(model, input_tokens=1000)) == Decimal(inp) * 1000 / m
-    assert table.cost(rec(model, output_tokens=1000)) == Decimal(out) * 1000 / m
-    assert table.cost(rec(model, cache_read_input_tokens=1000)) == Decimal(read) * 1000 / m
-    five = rec(model, cache_creation_input_tokens=1000, cache_creation_5m_input_tokens=1000)
-    assert table.cost(five) == Decimal(w5) * 1000 / m
-    hour = rec(model, cache_creation_input_tokens=1000, cache_creation_1h_input_tokens=1000)
-    assert table.cost(hour) == Decimal(w1h) * 1000 / m
-    # no breakdown: the whole write at the 5-minute rate
-    assert table.cost(rec(model, cache_creation_input_tokens=1000)) == Decimal(w5) * 1000 / m
-    mixed = rec(model, input_tokens=7, output_tokens=11, cache_read_input_tokens=13,
-                cache_creation_input_tokens=5, cache_creation_5m_input_tokens=2, cache_creation_1h_input_tokens=3)
-    expected = (7 * Decimal(inp) + 11 * Decimal(out) + 13 * Decimal(read) + 2 * Decimal(w5) + 3 * Decimal(w1h)) / m
-    assert table.cost(mixed) == expected.quantize(Decimal("1e-10"))
+def test_every_rate_has_source_checked_and_effective_order(table):
+    for name, model in table.models.items():
+        assert [p.effective for p in model.periods] == [e for e, _ in EXPECTED[name][0]], name
+        for period in model.periods:
+            assert period.source.startswith(("https://", "LiteLLM")), name
+            assert dt.date.fromisoformat(period.checked) == dt.date(2026, 12, 1), name
+        assert model.retirement == RETIREMENT.get(name, model.retirement), name
 
 
-def test_dated_model_ids_resolve_to_family(table):
-    assert table.cost(rec("claude-sonnet-4-5-20250929", output_tokens=1_000_000)) == Decimal(15)
-    assert table.cost(rec("claude-3-5-haiku-20241022", output_tokens=1_000_000)) == Decimal(4)
-    assert table.cost(rec("claude-opus-4-0", output_tokens=1_000_000)) == Decimal(75)
+@pytest.mark.parametrize("model", sorted(EXPECTED))
+def test_price_matrix(table, model):
+    tier = EXPECTED[model][1]
+    checked = 0
+    for when in dates_for(model):
+        for kind in KINDS:
+            for n in COUNTS:
+                for deployment, multiplier in ((model, D(1)), ("usdz", D("1.1"))):
+                    r = rec(model, deployment=deployment, when=when, **tokens_of(kind, n))
+                    got = table.cost(r)
+                    want = expected_cost(model, when, kind, n, multiplier)
+                    assert got is not None and abs(got - want) <= TOLERANCE, (model, when, kind, n, deployment,
+                                                                              got, want)
+                    assert got == want.quantize(TOLERANCE)
+                    checked += 1
+    assert checked >= len(KINDS) * len(COUNTS) * 2
+    if tier:  # the boundary itself is the base rate, one token more is the tier for the whole request
+        at = table.cost(rec(model, input_tokens=tier[0]))
+        above = table.cost(rec(model, input_tokens=tier[0] + 1))
+        assert at == tier[0] * D(EXPECTED[model][0][-1][1][0]) / 1_000_000
+        assert above == (tier[0] + 1) * D(tier[1][0]) / 1_000_000
 
 
-def test_long_context_tier(table):
-    # 150k uncached + 40k cache read + 20k (1h) write = 210k > 200k: every kind at the long-context rate
-    r = rec("claude-sonnet-4-5", input_tokens=150_000, cache_read_input_tokens=40_000,
-            cache_creation_input_tokens=20_000, cache_creation_1h_input_tokens=20_000, output_tokens=1_000)
-    expected = (150_000 * Decimal(6) + 40_000 * Decimal("0.60") + 20_000 * Decimal(12) + 1_000 * Decimal("22.50"))
-    assert table.cost(r) == expected / 1_000_000
-    at_limit = rec("claude-sonnet-4", input_tokens=200_000, output_tokens=1_000)
-    assert table.cost(at_limit) == (200_000 * Decimal(3) + 1_000 * Decimal(15)) / 1_000_000
-    no_tier = rec("claude-opus-4-5", input_tokens=300_000)
-    assert table.cost(no_tier) == Decimal("1.5")
+def test_haiku_5_5_tier_counts_the_whole_prompt(table):
+    # 60k uncached + 30k read + 10,001 (1h) write = 100,001 prompt tokens: the whole request at the tier
+    r = rec("claude-haiku-5-5", input_tokens=60_000, cache_read_input_tokens=30_000,
+            cache_creation_input_tokens=10_001, cache_creation_1h_input_tokens=10_001, output_tokens=1_000)
+    want = (60_000 * D("0.50") + 30_000 * D("0.05") + 10_001 * D("1.00") + 1_000 * D("2.50")) / 1_000_000
+    assert table.cost(r) == want.quantize(TOLERANCE)
+    r.cache_creation_input_tokens = r.cache_creation_1h_input_tokens = 10_000  # exactly 100,000: base rates
+    want = (60_000 * D("0.10") + 30_000 * D("0.01") + 10_000 * D("0.20") + 1_000 * D("0.50")) / 1_000_000
+    assert table.cost(r) == want.quantize(TOLERANCE)
 
 
-def test_deployment_map_multiplier_and_web_search():
-    table = load_price_table(deployments="my-claude=claude-sonnet-4-5, usdz=claude-haiku-4-5*1.1")
-    assert table.cost(rec(None, deployment="my-claude", output_tokens=1_000_000)) == Decimal(15)
-    usdz = rec("claude-haiku-4-5-20251001", deployment="usdz", input_tokens=1_000_000, output_tokens=1_000_000,
-               cache_read_input_tokens=1_000_000)
-    assert usdz.model and table.cost(usdz) == (Decimal(1) + 5 + Decimal("0.10")) * Decimal("1.1")
-    search = rec("claude-haiku-4-5", output_tokens=0, input_tokens=0, web_search_requests=3)
-    assert table.cost(search) == Decimal("0.03")
+def test_sonnet_5_5_cache_read_changes_at_midnight_utc(table):
+    before = dt.datetime(2026, 10, 6, 23, 59, 59, 999_999, tzinfo=dt.UTC)
+    after = dt.datetime(2026, 10, 7, tzinfo=dt.UTC)
+    assert table.cost(rec("claude-sonnet-5-5", when=before, cache_read_input_tokens=1_000_000)) == D("0.20")
+    assert table.cost(rec("claude-sonnet-5-5", when=after, cache_read_input_tokens=1_000_000)) == D("0.10")
+    local = dt.datetime(2026, 10, 7, 1, tzinfo=dt.timezone(dt.timedelta(hours=2)))  # 2026-10-06 23:00 UTC
+    assert table.cost(rec("claude-sonnet-5-5", when=local, cache_read_input_tokens=1_000_000)) == D("0.20")
 
 
-def test_unknown_model_is_null_with_one_warning(table, caplog):
+def test_dated_ids_aliases_and_fast_opus(table):
+    assert table.cost(rec("claude-sonnet-4-5-20250929", output_tokens=1_000_000)) == 15
+    assert table.cost(rec("claude-3-5-haiku-latest", output_tokens=1_000_000)) == 4
+    assert table.cost(rec("claude-3-7-sonnet-latest", output_tokens=1_000_000)) == 15
+    assert table.cost(rec("claude-opus-4-0", output_tokens=1_000_000)) == 75
+    assert table.cost(rec("claude-opus-5-5-fast", output_tokens=1_000_000)) == 40
+    assert table.cost(rec("claude-opus-5-5-20260901", output_tokens=1_000_000)) == 20
+
+
+def test_count_tokens_is_free(table):
+    r = rec("claude-opus-4-1", input_tokens=100_004)
+    r.operation = "count_tokens"
+    cost = table.cost(r)
+    assert cost == 0 and cost is not None and str(cost) == "0E-10"  # a Decimal zero, printed plain elsewhere
+    r.model = None  # count_tokens responses name no model: still free, no warning
+    assert table.cost(r) == 0
+
+
+def test_answered_model_decides_and_the_map_never_overrides_it():
+    table = load_price_table(deployments="claude-haiku-4-5=claude-haiku-4-5,my-claude=claude-sonnet-4-5*1.1")
+    # a deployment named like an old model that answers a new one: priced as what answered
+    r = rec("claude-haiku-5-5", deployment="claude-haiku-4-5", input_tokens=50_000)
+    assert table.cost(r) == D("0.005")  # not 0.05 at Haiku 4.5's rate
+    # the map stands in only when the response names no model (the multiplier always applies)
+    assert table.cost(rec(None, deployment="my-claude", output_tokens=1_000_000)) == D("16.5")
+    assert table.cost(rec("claude-haiku-5-5", deployment="my-claude", output_tokens=10_000)) == D("0.0055")
+
+
+def test_unknown_answered_model_behind_known_deployment_is_null_with_one_warning(caplog):
+    table = load_price_table(deployments="claude-haiku-4-5=claude-haiku-4-5")
+    unknown = f"claude-haiku-9-{uuid.uuid4().hex[:6]}"
     with caplog.at_level(logging.WARNING, logger="telemetry"):
-        assert table.cost(rec("claude-experimental-9", input_tokens=10)) is None
-        assert table.cost(rec("claude-experimental-9", input_tokens=10)) is None
-    assert sum("claude-experimental-9" in r.getMessage() for r in caplog.records) == 1
-    assert table.cost(rec("claude-experimental-9")) == 0  # a rejected attempt costs nothing
+        for _ in range(3):
+            assert table.cost(rec(unknown, deployment="claude-haiku-4-5", input_tokens=10)) is None
+        other = load_price_table()  # per process, not per table
+        assert other.cost(rec(unknown, input_tokens=10)) is None
+    assert sum(unknown in r.getMessage() for r in caplog.records) == 1
+    assert table.cost(rec(unknown)) == 0  # a rejected attempt costs nothing
+    # no model answered and no mapping: NULL, never the deployment name taken as a model
+    assert table.cost(rec(None, deployment="claude-opus-4-5", input_tokens=10)) is None
 
 
-def test_price_file_overrides_and_extends(tmp_path):
+def test_web_search(table):
+    assert table.cost(rec("claude-haiku-4-5", web_search_requests=3)) == D("0.03")
+
+
+def test_price_file_overrides_extends_and_dates(tmp_path):
     path = tmp_path / "prices.toml"
     path.write_text('[models."claude-haiku-4-5"]\ninput = "2"\ncache_write_5m = "1"\ncache_write_1h = "2"\n'
                     'cache_read = "0.1"\noutput = "5"\nsource = "contract"\nchecked = "2026-11-01"\n'
-                    '[models."claude-new"]\ninput = "1"\ncache_write_5m = "1"\ncache_write_1h = "1"\n'
-                    'cache_read = "1"\noutput = "1"\n[deployments.eu]\nmodel = "claude-new"\nmultiplier = "2"\n')
+                    '[models."claude-new"]\naliases = ["claude-new-latest"]\nsource = "contract"\n'
+                    '[[models."claude-new".rates]]\ninput = "1"\ncache_write_5m = "1"\ncache_write_1h = "1"\n'
+                    'cache_read = "1"\noutput = "1"\n'
+                    '[[models."claude-new".rates]]\neffective = 2026-11-15\ninput = "0.5"\ncache_write_5m = "1"\n'
+                    'cache_write_1h = "1"\ncache_read = "1"\noutput = "1"\n'
+                    '[deployments.eu]\nmodel = "claude-new"\nmultiplier = "2"\n')
     table = load_price_table(path)
     assert table.cost(rec("claude-haiku-4-5", input_tokens=1_000_000)) == 2
     assert table.cost(rec(None, deployment="eu", input_tokens=1_000_000)) == 2
+    late = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
+    assert table.cost(rec("claude-new-latest", when=late, input_tokens=1_000_000)) == D("0.5")
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("[models.x\n", "not valid TOML"),
-    ('[models."x"]\ninput = "1"\n', "missing"),
-    ('[models."x"]\ninput = "abc"\ncache_write_5m = 1\ncache_write_1h = 1\ncache_read = 1\noutput = 1\n',
-     "not a number"),
-    ('[models."x"]\ninput = "-1"\ncache_write_5m = 1\ncache_write_1h = 1\ncache_read = 1\noutput = 1\n',
-     "non-negative"),
+RATES = 'input = "1"\ncache_write_5m = "1"\ncache_write_1h = "1"\ncache_read = "1"\noutput = "1"\n'
+
+
+@pytest.mark.parametrize(("content", "needles"), [
+    ("[models.x\n", ["not valid TOML"]),
+    ('[model."claude-x"]\n' + RATES, ["unknown table [model]", "did you mean 'models'"]),
+    ('[models."claude-x"]\n' + RATES + 'cache_raed = "1"\n', ["model 'claude-x'", "'cache_raed'", "cache_read"]),
+    ('[models."claude-x"]\n' + RATES + "threshold = 100000\n", ["model 'claude-x'", "'threshold'"]),
+    ('[models."claude-x"]\n' + RATES + 'aliases = "claude-x-latest"\n', ["model 'claude-x'", "'aliases'", "list"]),
+    ('[models."claude-x"]\n' + RATES.replace('input = "1"', "input = true"), ["model 'claude-x'", "'input'"]),
+    ('[models."claude-x"]\n' + RATES + "checked = 5\n", ["model 'claude-x'", "'checked'", "date"]),
+    ('[models."claude-x"]\n' + RATES.replace('"1"\n', '"-1"\n', 1), ["model 'claude-x'", "non-negative"]),
+    ('[models."claude-x"]\ninput = "1"\n', ["model 'claude-x'", "missing"]),
+    ('[models."claude-x"]\n' + RATES + '[models."claude-x".long_context]\nthreshold = "lots"\n' + RATES,
+     ["model 'claude-x'", "'threshold'"]),
+    ('[[models."claude-x".rates]]\neffective = 2026-10-07\n' + RATES
+     + '[[models."claude-x".rates]]\neffective = "2026-10-07"\n' + RATES,
+     ["model 'claude-x'", "'effective'", "overlapping", "2026-10-07"]),
+    ('[[models."claude-x".rates]]\n' + RATES + '[[models."claude-x".rates]]\n' + RATES,
+     ["model 'claude-x'", "'effective'", "overlapping"]),
+    ('[models."claude-x"]\n' + RATES + '[[models."claude-x".rates]]\n' + RATES, ["model 'claude-x'", "not both"]),
+    ('[[models."claude-x".rates]]\neffective = "soon"\n' + RATES, ["model 'claude-x'", "'effective'"]),
+    ('[deployments.eu]\nmodel = "claude-x"\nmultiplyer = "1.1"\n', ["deployment 'eu'", "'multiplyer'"]),
+    ('[meta]\nweb_search = "10"\n', ["[meta]", "'web_search'"]),
 ])
-def test_malformed_price_file_is_one_line_error(tmp_path, content, message):
+def test_strict_price_file_one_line_error(tmp_path, content, needles):
     path = tmp_path / "bad.toml"
     path.write_text(content)
-    with pytest.raises(PriceError, match=message) as info:
+    with pytest.raises(PriceError) as info:
         load_price_table(path)
-    assert "\n" not in str(info.value)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message, message
+    for needle in needles:
+        assert needle in message, (needle, message)
 
 
 def test_missing_price_file_and_bad_map(tmp_path):

@@ -28,10 +28,14 @@ COST_SCALE = 10  # costs are exact to 1e-10 USD
 
 
 class ExactDecimal(TypeDecorator[Decimal]):
-    """NUMERIC where the database has it exactly; text on SQLite, whose NUMERIC is a float."""
+    """NUMERIC where the database has it exactly; text on SQLite, whose NUMERIC is a float.
 
-    impl = Numeric(20, COST_SCALE)
+    `impl` is the text type on purpose: SQLAlchemy runs the impl's bind processor after
+    `process_bind_param`, and NUMERIC's processor on SQLite turns the exact text into a float."""
+
+    impl = String(32)
     cache_ok = True
+    length = None  # not a string column to the writer, which cuts over-long strings to their length
 
     def load_dialect_impl(self, dialect: Dialect) -> Any:
         if dialect.name == "sqlite":
@@ -155,6 +159,9 @@ class UsageDailyRow(Base):
     cost_e10: Mapped[int] = mapped_column(BigInteger, default=0)
     unpriced: Mapped[int] = mapped_column(BigInteger, default=0)
     latency_ms_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    # token counting is free: its attempts and tokens are kept apart from the billed ones (revision 0003)
+    count_tokens_requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    count_tokens_input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
 
     @property
     def cost_usd(self) -> Decimal:

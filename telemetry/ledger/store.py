@@ -32,6 +32,7 @@ DAILY_SUMS = (
     "requests", "errors", "rate_limited", "server_errors", "input_tokens", "output_tokens",
     "cache_creation_input_tokens", "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens",
     "cache_read_input_tokens", "cost_e10", "unpriced", "latency_ms_sum",
+    "count_tokens_requests", "count_tokens_input_tokens",  # free token counting, apart from billed calls
 )
 
 
@@ -77,13 +78,17 @@ def rollup_increments(records: Iterable[UsageRecord]) -> tuple[list[dict[str, An
                (r.deployment or "")[:128], (r.model or "")[:128], tags)  # cut like the row's columns
         t = totals.get(key)
         if t is None:
-            t = totals[key] = [0] * 12 + [0.0]
+            t = totals[key] = [0] * 12 + [0.0, 0, 0]
         status = r.status_code or 0
-        t[0] += 1
+        if r.operation == "count_tokens":  # free: not a billed call, its tokens not billed input
+            t[13] += 1
+            t[14] += r.input_tokens
+        else:
+            t[0] += 1
+            t[4] += r.input_tokens
         t[1] += status >= 400 or (r.error_type is not None and r.error_type not in CALLER_ENDED)
         t[2] += status == 429 or r.error_type == "rate_limit_error"
         t[3] += status >= 500
-        t[4] += r.input_tokens
         t[5] += r.output_tokens
         t[6] += r.cache_creation_input_tokens
         t[7] += r.cache_creation_5m_input_tokens

@@ -14,10 +14,12 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from ..ledger.models import COST_SCALE, UsageDailyRow
+from ..numbers import plain
 
 DIMENSIONS = ("team", "project", "user", "deployment", "model", "day", "month")
 COUNTERS = ("requests", "errors", "rate_limited", "server_errors", "input_tokens", "output_tokens",
-            "cache_creation_input_tokens", "cache_read_input_tokens", "unpriced")
+            "cache_creation_input_tokens", "cache_read_input_tokens", "unpriced",
+            "count_tokens_requests", "count_tokens_input_tokens")  # free token counting, apart from billed
 
 
 class ReportError(ValueError):
@@ -59,6 +61,8 @@ class Row:
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     unpriced: int = 0
+    count_tokens_requests: int = 0
+    count_tokens_input_tokens: int = 0
     cost_e10: int = 0
 
     @property
@@ -70,7 +74,7 @@ class Row:
             setattr(self, name, getattr(self, name) + int(other[name] or 0))
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.keys, **{k: getattr(self, k) for k in COUNTERS}, "cost_usd": str(self.cost_usd)}
+        return {**self.keys, **{k: getattr(self, k) for k in COUNTERS}, "cost_usd": plain(self.cost_usd)}
 
 
 @dataclass
@@ -87,7 +91,8 @@ class Report:
         return {
             "since": self.since.isoformat(), "until": self.until.isoformat(), "by": self.by,
             "rows": [r.as_dict() for r in self.rows], "total": self.total.as_dict(),
-            "month_end_forecast_usd": str(self.forecast_usd) if self.forecast_usd is not None else None,
+            "month_end_forecast_usd": plain(self.forecast_usd),
+            "notes": list(self.notes),
         }
 
 
@@ -133,6 +138,9 @@ def chargeback(engine: Engine, since: dt.date, until: dt.date, by: list[str],
     report.forecast_usd = forecast(report, today or dt.datetime.now(dt.UTC).date())
     if total.unpriced:
         report.notes.append(f"{total.unpriced} requests have no price (unknown model): their cost is not included")
+    if total.count_tokens_requests:
+        report.notes.append(f"{total.count_tokens_requests} count_tokens calls ({total.count_tokens_input_tokens:,} "
+                            "tokens counted) are free and not in calls, tokens or cost")
     return report
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from ..finance.budget import Budget
 from ..finance.view import BurnDown, burn_downs
 from ..finance.view import summary as finance_summary
+from ..numbers import money
 from .chargeback import Report, daily_series
 from .render import CSV_COLUMNS
 from .stats import daily_deployment_stats
@@ -28,7 +29,7 @@ def _exact(v: Decimal, prefix: str = "") -> str:
 
 
 def _money(v: Decimal | float) -> str:
-    return f"${Decimal(str(v)).quantize(Decimal('0.0001')):,}"
+    return money(v)
 
 
 def hbar_chart(chart_id: str, title: str, items: Sequence[tuple[str, float, str]], color: str = PALETTE[0]
@@ -242,7 +243,8 @@ def render_html(engine: Engine, report: Report, budgets: list[Budget] | None = N
     error_items = [(name, 100 * s.error_rate, f"{100 * s.error_rate:.1f}% of {s.requests}")
                    for name, s in sorted(stats.items())]
     t = report.total
-    kpis = [("Cost", _money(t.cost_usd)), ("Requests", f"{t.requests:,}"), ("Errors", f"{t.errors:,}"),
+    kpis = [("Cost", _money(t.cost_usd)), ("Unpriced calls", f"{t.unpriced:,}"), ("Requests", f"{t.requests:,}"),
+            ("Errors", f"{t.errors:,}"),
             ("Input tokens", f"{t.input_tokens:,}"), ("Output tokens", f"{t.output_tokens:,}")]
     if report.forecast_usd is not None:
         kpis.append(("Month-end forecast", _money(report.forecast_usd)))

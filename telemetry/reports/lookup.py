@@ -9,6 +9,7 @@ from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 
 from ..ledger.models import UsageRecordRow
+from ..numbers import plain
 
 
 class Ambiguous(LookupError):
@@ -69,7 +70,7 @@ def as_dict(row: UsageRecordRow) -> dict[str, Any]:
         "cache_creation_5m_input_tokens": row.cache_creation_5m_input_tokens,
         "cache_creation_1h_input_tokens": row.cache_creation_1h_input_tokens,
         "cache_read_input_tokens": row.cache_read_input_tokens,
-        "cost_usd": str(row.cost_usd) if row.cost_usd is not None else None,
+        "cost_usd": plain(row.cost_usd),  # None: unpriced
         "latency_ms": round(row.latency_ms, 3) if row.latency_ms is not None else None,
         "ttft_ms": round(row.ttft_ms, 3) if row.ttft_ms is not None else None,
         "team": row.team,

@@ -11,10 +11,17 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from ..numbers import money
 from .chargeback import Report
 
 CSV_COLUMNS = ("requests", "errors", "input_tokens", "output_tokens", "cache_creation_input_tokens",
-               "cache_read_input_tokens", "cost_usd")
+               "cache_read_input_tokens", "cost_usd", "unpriced", "count_tokens_requests")
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value: str) -> str:
+    """A spreadsheet runs a cell that begins with = + - @ as a formula: make it text."""
+    return "'" + value if value.startswith(_FORMULA) else value
 
 
 def to_csv(report: Report) -> str:
@@ -23,7 +30,7 @@ def to_csv(report: Report) -> str:
     writer.writerow([*report.by, *CSV_COLUMNS])
     for row in [*report.rows, report.total]:
         d = row.as_dict()
-        writer.writerow([*(row.keys[k] for k in report.by), *(d[c] for c in CSV_COLUMNS)])
+        writer.writerow([*(safe_cell(row.keys[k]) for k in report.by), *(d[c] for c in CSV_COLUMNS)])
     return buf.getvalue()
 
 
@@ -32,7 +39,7 @@ def to_json(report: Report) -> str:
 
 
 def _money(value: Decimal) -> str:
-    return f"${value.quantize(Decimal('0.0001')):,}"
+    return money(value)
 
 
 def to_table(report: Report, console: Console) -> None:
@@ -50,12 +57,13 @@ def to_table(report: Report, console: Console) -> None:
         table.add_column(headers.get(name, name), justify="right", footer=f"{value:,}")
     table.add_column("USD", justify="right", footer=_money(t.cost_usd), no_wrap=True,
                      min_width=len(_money(t.cost_usd)))
+    table.add_column("unpriced", justify="right", footer=f"{t.unpriced:,}")
     for row in report.rows:
         table.add_row(*(row.keys[k] for k in report.by), *(f"{getattr(row, n):,}" for n in numeric),
-                      _money(row.cost_usd))
+                      _money(row.cost_usd), f"{row.unpriced:,}")
     console.print(table)
     if report.forecast_usd is not None:
-        console.print(f"Month-end forecast at the current run rate: [bold]${report.forecast_usd:,}[/bold]")
+        console.print(f"Month-end forecast at the current run rate: [bold]{money(report.forecast_usd, 2)}[/bold]")
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
 

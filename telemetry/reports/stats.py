@@ -34,6 +34,8 @@ class DeploymentStats:
     auth_errors: int = 0
     caller_ended: int = 0  # client_closed / cancelled: counted apart, not errors
     cost_usd: Decimal = Decimal(0)
+    unpriced: int = 0  # attempts with tokens but no price: their cost is not in cost_usd
+    count_tokens: int = 0  # free token-counting attempts (in `requests`, never billed)
     latencies: list[float] = field(default_factory=list)
     error_types: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -46,11 +48,11 @@ class DeploymentStats:
 
 def deployment_stats(engine: Engine, start: dt.datetime, end: dt.datetime) -> dict[str, DeploymentStats]:
     t = UsageRecordRow.__table__
-    stmt = (select(t.c.deployment, t.c.latency_ms, t.c.status_code, t.c.error_type, t.c.cost_usd)
+    stmt = (select(t.c.deployment, t.c.latency_ms, t.c.status_code, t.c.error_type, t.c.cost_usd, t.c.operation)
             .where(t.c.created_at >= start, t.c.created_at < end))
     out: dict[str, DeploymentStats] = {}
     with engine.connect() as conn:
-        for deployment, latency, status, error_type, cost in conn.execute(stmt):
+        for deployment, latency, status, error_type, cost, operation in conn.execute(stmt):
             name = deployment or "(none)"
             s = out.get(name) or out.setdefault(name, DeploymentStats(name))
             s.requests += 1
@@ -65,8 +67,11 @@ def deployment_stats(engine: Engine, start: dt.datetime, end: dt.datetime) -> di
             s.auth_errors += status in (401, 403) or error_type in AUTH_ERRORS
             if latency is not None:
                 s.latencies.append(float(latency))
+            s.count_tokens += operation == "count_tokens"
             if cost is not None:
                 s.cost_usd += Decimal(cost)
+            else:
+                s.unpriced += 1
     for s in out.values():
         s.latencies.sort()
     return out
@@ -108,8 +113,8 @@ def daily_deployment_stats(engine: Engine, since: dt.date, until: dt.date) -> di
     d, h = UsageDailyRow.__table__, UsageDailyLatencyRow.__table__
     out: dict[str, DailyDeploymentStats] = {}
     with engine.connect() as conn:
-        for deployment, requests, errors in conn.execute(
-                select(d.c.deployment, func.sum(d.c.requests), func.sum(d.c.errors))
+        for deployment, requests, errors in conn.execute(  # every attempt, count_tokens included
+                select(d.c.deployment, func.sum(d.c.requests + d.c.count_tokens_requests), func.sum(d.c.errors))
                 .where(d.c.day >= since, d.c.day <= until).group_by(d.c.deployment)):
             name = deployment or "(none)"
             out[name] = DailyDeploymentStats(name, int(requests or 0), int(errors or 0))
