@@ -10,7 +10,7 @@ from typing import Protocol
 
 from .capture.parse import build_record
 from .capture.state import AttemptCapture
-from .finance.discount import Discounts
+from .finance.discount import Discounts, billed_cost
 from .handoff import Handoff
 from .health import Health
 from .pricing import PriceTable
@@ -84,7 +84,8 @@ class Pipeline:
                 return
             try:
                 record.cost_usd = self._prices.cost(record)
-                record.billed_cost_usd = self._discounts.billed(record.cost_usd, record.resource)
+                record.discount = self._discounts.for_resource(record.resource)
+                record.billed_cost_usd = billed_cost(record.cost_usd, record.discount)
             except Exception as exc:
                 self._health.failed("pricing", exc)
             if self._emit is not None:

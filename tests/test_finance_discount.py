@@ -139,19 +139,19 @@ def test_discount_through_the_real_sdk(make_tel, emulator, otel, sqlite_url, tmp
 
 
 def test_migration_backfills_hourly_totals_from_the_rows_kept(db_url):
-    """A ledger written before revision 0004: its rows become exact hourly totals (billed at list)."""
+    """A ledger written before revision 0004 (at 0003): its rows become exact hourly totals (billed at list)."""
     import sqlalchemy as sa
 
     from telemetry.ledger.db import ensure_partitions
 
-    upgrade(db_url, "0002")
+    upgrade(db_url, "0003")
     engine = get_engine(db_url)
     base = dt.datetime(2026, 11, 3, 10, 0, tzinfo=dt.UTC)
     if engine.dialect.name == "postgresql":
         ensure_partitions(engine, {base.date(), (base + dt.timedelta(hours=30)).date()}, set())
     costs = [f"0.{i * 7919:010d}" for i in range(30)] + [None]
-    old = UsageRecordRow.__table__  # every column but the new billed_cost_usd, as revision 0002 has them
-    columns = [c for c in old.columns if c.name != "billed_cost_usd"]
+    old = UsageRecordRow.__table__  # every column but the new billed_cost_usd and discount, as before 0004
+    columns = [c for c in old.columns if c.name not in ("billed_cost_usd", "discount")]
     rows = [{c.name: None for c in columns} | {
         "id": f"{i:032x}", "created_at": base + dt.timedelta(minutes=61 * i), "operation_id": f"op{i}", "attempt": 0,
         "operation": "chat", "stream": False, "input_tokens": 5, "output_tokens": 7, "cache_creation_input_tokens": 0,
@@ -169,3 +169,35 @@ def test_migration_backfills_hourly_totals_from_the_rows_kept(db_url):
     listed = sum(int(Decimal(c).scaleb(10)) for c in costs if c)
     assert tuple(got) == (31, listed, listed, 1, 31, 31 * 7)  # 61-minute steps: one hour each
     assert resources == {"contoso-east", "contoso-west"}
+
+
+def test_reprice_moves_billed_cost_and_hourly_totals_exactly(db_url):
+    """A re-price keeps each row's own discount, and usage_hourly moves with the rows (same transaction)."""
+    from telemetry.pricing import load_price_table
+    from telemetry.pricing.reprice import reprice
+
+    upgrade(db_url)
+    engine = get_engine(db_url)
+    base = dt.datetime(2026, 11, 3, 10, 0, tzinfo=dt.UTC)
+    records = []
+    for i in range(24):
+        r = make_record(i, cost="0.5", resource=["contoso-east", "contoso-west"][i % 2])  # a wrong price
+        r.created_at = base + dt.timedelta(minutes=37 * i)
+        r.discount = [Decimal("0.12"), Decimal("0.3"), None][i % 3]  # None: written before discounts existed
+        r.billed_cost_usd = billed_cost(r.cost_usd, r.discount) if r.discount is not None else None
+        records.append(r)
+    LedgerStore(engine).insert(records)
+    result = reprice(engine, load_price_table(), base.date(), base.date() + dt.timedelta(days=1))
+    assert result.changed == 24
+    t, rows_t = UsageHourlyRow.__table__, UsageRecordRow.__table__
+    with engine.connect() as conn:
+        rows = conn.execute(select(rows_t.c.cost_usd, rows_t.c.billed_cost_usd, rows_t.c.discount)).all()
+        hourly = conn.execute(select(func.sum(t.c.cost_e10), func.sum(t.c.billed_e10), func.sum(t.c.requests))).one()
+    for cost, billed, discount in rows:
+        assert cost != Decimal("0.5")
+        assert billed == (None if discount is None else billed_cost(cost, discount))
+    assert hourly[0] == sum(int(c.scaleb(10)) for c, _, _ in rows)
+    assert hourly[1] == sum(int((c if b is None else b).scaleb(10)) for c, b, _ in rows)
+    assert hourly[2] == 24
+    again = reprice(engine, load_price_table(), base.date(), base.date() + dt.timedelta(days=1))
+    assert again.changed == 0  # idempotent

@@ -5,7 +5,7 @@ discount, so their billed cost is their list cost. Days already past retention o
 no resource: reconciliation and budgets start from the oldest row kept.
 
 Revision ID: 0004
-Revises: 0002 (the coordinator re-chains after 0003)
+Revises: 0003
 Create Date: 2026-12-01
 """
 
@@ -23,7 +23,7 @@ _ROW_COLUMNS = ("created_at", "resource", "deployment", "model", "team", "projec
                 "cache_creation_input_tokens", "cache_read_input_tokens", "cost_usd")
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -31,6 +31,7 @@ depends_on = None
 def upgrade() -> None:
     # on PostgreSQL the partitioned parent passes the new column on to every partition
     op.add_column("usage_records", sa.Column("billed_cost_usd", ExactDecimal(), nullable=True))
+    op.add_column("usage_records", sa.Column("discount", ExactDecimal(), nullable=True))
     op.create_table(
         "usage_hourly",
         sa.Column("hour", UTCDateTime(), nullable=False),
@@ -69,4 +70,5 @@ def _backfill() -> None:
 def downgrade() -> None:
     op.drop_table("usage_hourly")
     with op.batch_alter_table("usage_records") as batch:
+        batch.drop_column("discount")
         batch.drop_column("billed_cost_usd")

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
-from ..ledger.models import COST_SCALE
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..ledger.models import COST_SCALE, UsageHourlyRow
 from ..record import UsageRecord
 
 HOURLY_DIMS = ("hour", "resource", "deployment", "model", "team", "project")
@@ -41,3 +44,36 @@ def hourly_increments(records: Iterable[UsageRecord]) -> list[dict[str, Any]]:
             t[6] += int(billed.scaleb(COST_SCALE))
     return [dict(zip(HOURLY_DIMS, key, strict=True), **dict(zip(HOURLY_SUMS, sums, strict=True)))
             for key, sums in totals.items()]
+
+
+def hourly_key(r: Any) -> tuple[Any, ...]:
+    """The usage_hourly key a row was added to (as `hourly_increments` builds it)."""
+    created = r.created_at if r.created_at.tzinfo is not None else r.created_at.replace(tzinfo=dt.UTC)
+    hour = created.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    return (hour, (r.resource or "")[:128].lower(), (r.deployment or "")[:128], (r.model or "")[:128],
+            (r.team or "")[:128], (r.project or "")[:128])
+
+
+def add_reprice_delta(deltas: dict[tuple[Any, ...], list[int]], row: Any, old: Decimal | None,
+                      new: Decimal | None, old_billed: Decimal | None, new_billed: Decimal | None) -> None:
+    """What a re-price moves in `usage_hourly` for one row: list, billed (list when unknown) and unpriced."""
+    d = deltas.setdefault(hourly_key(row), [0, 0, 0])
+    d[0] += _e10(new) - _e10(old)
+    d[1] += _e10(new if new_billed is None else new_billed) - _e10(old if old_billed is None else old_billed)
+    d[2] += (new is None) - (old is None)
+
+
+def upsert_hourly_deltas(conn: Any, dialect: str, deltas: dict[tuple[Any, ...], list[int]]) -> None:
+    """Increment-only, like the writer's upserts (same transaction as the rows' update)."""
+    if not deltas:
+        return
+    t = UsageHourlyRow.__table__
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(t)
+    stmt = stmt.on_conflict_do_update(index_elements=[t.c[k] for k in HOURLY_DIMS], set_={
+        k: t.c[k] + stmt.excluded[k] for k in ("cost_e10", "billed_e10", "unpriced")})
+    conn.execute(stmt, [{**dict(zip(HOURLY_DIMS, key, strict=True)), **{s: 0 for s in HOURLY_SUMS},
+                         "cost_e10": c, "billed_e10": b, "unpriced": u} for key, (c, b, u) in deltas.items()])
+
+
+def _e10(value: Decimal | None) -> int:
+    return 0 if value is None else int(value.scaleb(COST_SCALE))

@@ -115,6 +115,7 @@ class UsageRecordRow(Base):
     web_search_requests: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[Decimal | None] = mapped_column(ExactDecimal())
     billed_cost_usd: Mapped[Decimal | None] = mapped_column(ExactDecimal())  # list × (1 − discount)
+    discount: Mapped[Decimal | None] = mapped_column(ExactDecimal())  # kept, so a re-price bills at the same terms
     latency_ms: Mapped[float | None] = mapped_column(Float)
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     team: Mapped[str | None] = mapped_column(String(128))

@@ -35,7 +35,7 @@ def record_to_json(record: UsageRecord) -> dict[str, Any]:
 def record_from_json(data: dict[str, Any]) -> UsageRecord:
     data = dict(data)
     data["created_at"] = dt.datetime.fromisoformat(data["created_at"])
-    for key in ("cost_usd", "billed_cost_usd"):
+    for key in ("cost_usd", "billed_cost_usd", "discount"):
         if data.get(key) is not None:
             data[key] = Decimal(data[key])
     known = set(UsageRecord.__dataclass_fields__)
