@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -15,7 +15,7 @@ demo: $(STAMP)
 	$(BIN)/foundry-telemetry demo
 
 test: $(STAMP)
-	$(BIN)/ruff check telemetry tests bench migrations dashboards
+	$(BIN)/ruff check telemetry tests bench migrations dashboards setup.py
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

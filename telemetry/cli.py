@@ -16,7 +16,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .settings import DEFAULT_DB_URL, SettingsError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+HELP = {"help_option_names": ["-h", "--help"]}  # inherited by every sub-command's context
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, context_settings=HELP,
                   help="Observability and usage accounting for Claude on Microsoft Foundry.")
 alerts_app = typer.Typer(no_args_is_help=True, help="Latency, error and cost alerting on the ledger.")
 db_app = typer.Typer(no_args_is_help=True, help="Ledger schema.")
@@ -26,6 +27,8 @@ app.add_typer(db_app, name="db")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
+MAX_DAYS = 36_600  # a hundred years: further back than any ledger, and still a valid date
+MAX_WINDOW_MINUTES = 527_040  # one (leap) year
 DbOpt = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL (overrides FOUNDRY_TELEMETRY_DB_URL)")]
 
 
@@ -36,22 +39,47 @@ class CliError(Exception):
 
 
 def _db_url(db: str | None, *, must_exist: bool) -> str:
+    """The ledger URL (`--db`, else the environment), checked; a new SQLite file only in an existing folder."""
     from .ledger.db import normalize_url
+    from .settings import check_db_url
 
+    if db is not None and not db.strip():
+        raise CliError("--db is empty; give a database URL, e.g. sqlite:///usage.db")
     url = db or os.environ.get("FOUNDRY_TELEMETRY_DB_URL") or DEFAULT_DB_URL
+    check_db_url(url, "--db" if db else "FOUNDRY_TELEMETRY_DB_URL")
     url = normalize_url(url)
     parsed = make_url(url)
-    sqlite_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
-    if must_exist and sqlite_file and not Path(parsed.database).exists():
-        raise CliError(f"no ledger at {parsed.database} (run some traffic, or `foundry-telemetry db upgrade`)")
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database).expanduser()
+        try:
+            path.stat()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # a name too long, a file where a folder should be, no permission …
+            raise CliError(f"cannot use {_one_line(Exception(path))[:120]}: {exc.strerror or exc}") from None
+        if must_exist and not path.is_file():
+            raise CliError(f"no ledger at {parsed.database} (run some traffic, or `foundry-telemetry db upgrade`)")
+        if not path.parent.is_dir():
+            raise CliError(f"folder {path.parent} does not exist (create it first)")
     return url
 
 
+def _check_settings() -> Any:
+    """The CLI refuses a bad setting (one line, exit 2) where an app would only warn and carry on."""
+    from .pricing import load_price_table
+    from .settings import Settings
+
+    settings = Settings.from_env()
+    load_price_table(settings.prices_path, settings.deployments)
+    return settings
+
+
 def _engine(db: str | None, *, must_exist: bool = True) -> Any:
-    from .ledger.db import ensure_schema, get_engine
+    """An existing ledger, for commands that read or prune it: never creates or alters a schema."""
+    from .ledger.db import check_schema, get_engine
 
     url = _db_url(db, must_exist=must_exist)
-    ensure_schema(url)
+    check_schema(url)
     return get_engine(url)
 
 
@@ -64,6 +92,11 @@ def demo(
     """Start the emulator, drive mixed traffic through the instrumented SDK, print the report."""
     from .demo import run_demo
 
+    _check_settings()
+    if html.is_dir():
+        raise CliError(f"--html {html} is a folder; give a file name")
+    if not html.parent.is_dir():
+        raise CliError(f"--html {html}: folder {html.parent} does not exist")
     url = _db_url(db, must_exist=False)
     target = run_demo(url, requests, html, console)
     if target:
@@ -81,6 +114,8 @@ def emulator(
     """Run the Foundry emulator alone (any SDK or curl can call it)."""
     from .emulator import EmulatorServer
 
+    if not host.strip():
+        raise CliError("--host is empty; give an address to listen on, e.g. 127.0.0.1")
     try:
         server = EmulatorServer(host=host, port=port)
     except OSError as exc:
@@ -143,32 +178,22 @@ def report(
 
 
 def _print_lookup(engine: Any, ident: str, fmt: str) -> None:
-    from rich.panel import Panel
-    from rich.table import Table
-
     from .reports.lookup import Ambiguous, as_dict, find
+    from .reports.render import print_lookup
 
     try:
         row = find(engine, ident)
     except Ambiguous as exc:
-        ids = ", ".join(m.request_id or m.apim_request_id or "?" for m in exc.matches[:5])
-        raise CliError(f"{ident!r} matches {len(exc.matches)} calls ({ids}…); give more of the id", 2) from None
+        ids = ", ".join(m.request_id or m.apim_request_id or "?" for m in exc.matches[:3])
+        more = "…" if exc.count > 3 else ""
+        raise CliError(f"{ident!r} matches {exc.count:,} calls ({ids}{more}); give more of the id", 2) from None
     if row is None:
         raise CliError(f"no call with request-id or apim-request-id {ident!r}", 1)
     data = as_dict(row)
     if fmt == "json":
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    table = Table(show_header=False, box=None)
-    for key in ("time", "resource", "deployment", "model", "operation", "stream", "status_code", "error_type",
-                "input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-                "cost_usd", "latency_ms", "ttft_ms", "team", "project", "user", "tags", "operation_id",
-                "attempt", "trace_id"):
-        table.add_row(f"[dim]{key}[/dim]", str(data[key]))
-    console.print(table)
-    console.print(Panel(f"request-id: {data['request_id']}\napim-request-id: {data['apim_request_id']}\n"
-                        f"time (UTC): {data['time']}", title="For the Azure support ticket", expand=False))
-    console.print(Panel(data["kql"], title="Application Insights (KQL)", expand=False))
+    print_lookup(data, console)
 
 
 @app.command()
@@ -180,12 +205,14 @@ def lookup(
     """Find one call by its correlation id; exit 1 when none, 2 when a prefix is ambiguous."""
     if fmt not in ("table", "json"):
         raise CliError(f"unknown --format {fmt!r}; choose table or json")
+    if not ident.strip():
+        raise CliError("ID is empty; give a request-id or apim-request-id (or at least 4 characters of one)")
     _print_lookup(_engine(db), ident, fmt)
 
 
 @app.command()
 def purge(
-    older_than_days: Annotated[int | None, typer.Option("--older-than-days",
+    older_than_days: Annotated[int | None, typer.Option("--older-than-days", min=1, max=MAX_DAYS,
                                                         help="default FOUNDRY_TELEMETRY_RETENTION_DAYS or 30")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Count only")] = False,
     db: DbOpt = None,
@@ -197,8 +224,8 @@ def purge(
     from .settings import Settings
 
     days = older_than_days if older_than_days is not None else Settings.from_env().retention_days
-    if days < 1:
-        raise CliError(f"--older-than-days must be at least 1 (got {days})")
+    if not 1 <= days <= MAX_DAYS:
+        raise CliError(f"--older-than-days must be between 1 and {MAX_DAYS} (got {days})")
     engine = _engine(db)
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task("purging", total=None)
@@ -214,7 +241,8 @@ def purge(
 
 @alerts_app.command("check")
 def alerts_check(
-    window: Annotated[int | None, typer.Option("--window", help="minutes (default 15)")] = None,
+    window: Annotated[int | None, typer.Option("--window", min=1, max=MAX_WINDOW_MINUTES,
+                                               help="minutes (default 15)")] = None,
     p95_ms: Annotated[float | None, typer.Option("--p95-ms", help="p95 latency per deployment, ms")] = None,
     error_rate: Annotated[float | None, typer.Option("--error-rate", help="0-1, service failures")] = None,
     server_error_rate: Annotated[float | None, typer.Option("--server-error-rate", help="0-1, 5xx")] = None,
@@ -230,7 +258,7 @@ def alerts_check(
     forecast_days: Annotated[int, typer.Option("--forecast-days", min=1, max=62, help="trailing window")] = 7,
     at: Annotated[str | None, typer.Option("--at", help="evaluate as of this UTC time, ISO 8601 (default now)")] = None,
     webhook: Annotated[str | None, typer.Option("--webhook", help="POST JSON here when a rule fires")] = None,
-    min_requests: Annotated[int, typer.Option("--min-requests", min=1)] = 1,
+    min_requests: Annotated[int, typer.Option("--min-requests", min=1, max=10**12)] = 1,
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
     db: DbOpt = None,
 ) -> None:
@@ -260,17 +288,18 @@ def alerts_check(
     if not rule_list and not budgets:
         raise CliError("no rules: give --p95-ms, --error-rate, --cost-per-hour, --budget … or --rules FILE")
     minutes = window if window is not None else options.get("window_minutes", 15)
-    if minutes < 1:
-        raise CliError(f"--window must be at least 1 minute (got {minutes})")
+    if not 1 <= minutes <= MAX_WINDOW_MINUTES:
+        raise CliError(f"--window must be between 1 and {MAX_WINDOW_MINUTES} minutes (got {minutes})")
     when = None
     if at is not None:
         import datetime as dt
 
         try:
             when = dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
-        except ValueError:
+            when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+            when + dt.timedelta(days=40)  # a month ahead must still be a date
+        except (ValueError, OverflowError):
             raise CliError(f"--at {at!r} is not an ISO 8601 time (2026-11-16T12:00Z)") from None
-        when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
     evaluation = evaluate(_engine(db), rule_list, minutes, when, budgets=budgets)
     hook = webhook or options.get("webhook")
     if fmt == "json":
@@ -391,7 +420,29 @@ def reconcile(
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    line = text[0][:300] if text else type(exc).__name__
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")  # undecodable argv bytes, printed safely
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("foundry-telemetry")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+def _wants_version(argv: list[str]) -> bool:
+    """`--version` works after any command too (`foundry-telemetry report --version`), not only first."""
+    return "--version" in argv[: argv.index("--")] if "--" in argv else "--version" in argv
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """Observability and usage accounting for Claude on Microsoft Foundry."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -405,7 +456,11 @@ def main(argv: list[str] | None = None) -> None:
     expected = (CliError, PeriodError, ReportError, RuleError, PriceError, SettingsError, LedgerError,
                 ReconcileError)
     try:
-        result = app(args=argv, standalone_mode=False)
+        args = sys.argv[1:] if argv is None else list(argv)
+        if _wants_version(args):
+            console.print(f"foundry-telemetry {_version()}", markup=False, highlight=False)
+            return
+        result = app(args=args, prog_name="foundry-telemetry", standalone_mode=False)
         if isinstance(result, int) and result:
             sys.exit(result)
     except typer.Exit as exc:
@@ -429,9 +484,19 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except OSError as exc:
-        err.print(f"error: {exc.strerror or _one_line(exc)}{': ' + str(exc.filename) if exc.filename else ''}",
+        where = _one_line(Exception(exc.filename)) if exc.filename else ""
+        err.print(f"error: {exc.strerror or _one_line(exc)}{': ' + where if where else ''}",
                   markup=False, highlight=False)
         sys.exit(2)
+    except UnicodeError:
+        err.print("error: an argument is not valid UTF-8 text", markup=False, highlight=False)
+        sys.exit(2)
+    except Exception as exc:  # a bug: still one line, unless asked for the details
+        if os.environ.get("FOUNDRY_TELEMETRY_DEBUG") == "1":
+            raise
+        err.print(f"error: internal error ({type(exc).__name__}: {_one_line(exc)}); "
+                  "FOUNDRY_TELEMETRY_DEBUG=1 shows the traceback", markup=False, highlight=False)
+        sys.exit(70)
 
 
 if __name__ == "__main__":  # pragma: no cover

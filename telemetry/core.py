@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import signal
 import threading
@@ -17,12 +18,12 @@ from .capture.hooks import Capturer
 from .capture.middleware import TelemetryMiddleware
 from .capture.transport import transport_classes
 from .export import OtlpExporters, install_otlp, otlp_exporters
-from .finance.discount import load_discounts
+from .finance.discount import Discounts, load_discounts
 from .health import Health
 from .otel import OTelSink, configure_azure_monitor_export
 from .pipeline import Pipeline, RecordSink
-from .pricing import load_price_table
-from .settings import Settings
+from .pricing import PriceTable, load_price_table
+from .settings import Settings, redact
 
 log = logging.getLogger("telemetry")
 C = TypeVar("C")
@@ -78,6 +79,64 @@ def _install_sigterm() -> None:
 
 atexit.register(_shutdown_all)
 
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_setting(health: Health, message: str) -> None:
+    """One warning per distinct problem per process; every occurrence counted."""
+    health.count("settings")
+    with _warned_lock:
+        if message in _warned:
+            return
+        _warned.add(message)
+    log.warning("foundry-telemetry: %s", message)
+
+
+def _first_line(exc: BaseException) -> str:
+    return redact((str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
+
+
+def _load_prices(settings: Settings, warn: Any) -> PriceTable:
+    """The price file and the deployments map are each used when they can be, and dropped alone when not."""
+
+    def attempt(path: str | None, mapping: str | None) -> tuple[PriceTable | None, str]:
+        try:
+            return load_price_table(path, mapping), ""
+        except Exception as exc:  # PriceError, or a broken installation: never stop the app
+            return None, _first_line(exc)
+
+    path, mapping = settings.prices_path, settings.deployments
+    table, problem = attempt(path, mapping)
+    if table is not None:
+        return table
+    if path and attempt(path, None)[0] is None:
+        warn(f"price file (FOUNDRY_TELEMETRY_PRICES) is ignored: {attempt(path, None)[1]}; using the built-in prices")
+        path = None
+    if mapping and attempt(path, mapping)[0] is None:
+        warn(f"deployments map (FOUNDRY_TELEMETRY_DEPLOYMENTS) is ignored: {attempt(path, mapping)[1]}; "
+             "deployments are priced by the model they answer")
+        mapping = None
+    table, problem = attempt(path, mapping)
+    if table is not None:
+        return table
+    warn(f"prices cannot be loaded ({problem}); costs stay NULL")
+    return PriceTable()
+
+
+def _load_discounts(settings: Settings, warn: Any) -> Discounts:
+    """Per-resource discounts from the price file; a bad `[discounts]` table falls back to the default one."""
+    try:
+        return load_discounts(settings.prices_path, settings.discount)
+    except Exception as exc:
+        warn(f"discounts in the price file are ignored ({_first_line(exc)}); every resource is billed at "
+             f"FOUNDRY_TELEMETRY_DISCOUNT={settings.discount}")
+        return Discounts(settings.discount)
+
+
+def _fields(settings: Settings) -> dict[str, Any]:
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "problems"}
+
 
 class Telemetry:
     """Instrument Foundry clients; records go to the ledger and, when configured, to Azure Monitor."""
@@ -91,13 +150,24 @@ class Telemetry:
         sinks: Sequence[RecordSink] | None = None,
         **options: Any,
     ) -> None:
-        self.settings = settings.with_(**options) if settings else Settings.from_env({}, **options)
+        # start-up fails open: a bad setting is one warning and is dropped; the app always starts
         self.health = Health()
-        self.prices = load_price_table(self.settings.prices_path, self.settings.deployments)
+        warn = lambda message: _warn_setting(self.health, message)  # noqa: E731
+        if settings is None:
+            self.settings = Settings.from_env(strict=False, **options)
+        else:
+            self.settings = Settings.from_env({}, strict=False, **{**_fields(settings), **options})
+        for problem in self.settings.problems:
+            warn(problem)
+        self.prices = _load_prices(self.settings, warn)
         if tracer_provider is None and meter_provider is None:  # the caller's own providers win
             otlp = otlp_exporters(self.health.failed)  # OTEL_EXPORTER_OTLP_*, once per process
             if self.settings.connection_string:
-                _ensure_azure_monitor(self.settings.connection_string, otlp)
+                try:
+                    _ensure_azure_monitor(self.settings.connection_string, otlp)
+                except Exception as exc:
+                    warn(f"APPLICATIONINSIGHTS_CONNECTION_STRING cannot be used ({_first_line(exc)[:200]}); "
+                         "Azure Monitor export is off, the usage ledger still records")
             install_otlp(otlp, self.health.failed)  # alone, or what Azure Monitor did not take
             if self.settings.connection_string or otlp:
                 _exit_hook_last()
@@ -105,14 +175,18 @@ class Telemetry:
         all_sinks: list[RecordSink] = list(sinks or ())
         self.ledger = None
         if self.settings.ledger:
-            from .ledger.writer import LedgerWriter
+            try:
+                from .ledger.writer import LedgerWriter
 
-            self.ledger = LedgerWriter(self.settings, self.health)
-            all_sinks.insert(0, self.ledger)
+                self.ledger = LedgerWriter(self.settings, self.health)
+                all_sinks.insert(0, self.ledger)
+            except Exception as exc:
+                warn(f"the usage ledger cannot start ({type(exc).__name__}: {_first_line(exc)[:200]}); "
+                     "it is off in this process")
         self._pipeline = Pipeline(
             self.prices, all_sinks, self.health, emit=self._otel.emit,
             capture_content=self.settings.capture_content, queue_size=self.settings.queue_size,
-            discounts=load_discounts(self.settings.prices_path, self.settings.discount),
+            discounts=_load_discounts(self.settings, warn),
         )
         self._capturer = Capturer(self._pipeline.submit, self.health.failed)
         self._middleware = TelemetryMiddleware(self._capturer, self)
@@ -122,20 +196,23 @@ class Telemetry:
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> Telemetry:
-        known = {"tracer_provider", "meter_provider", "sinks"}
-        extra = {k: kwargs.pop(k) for k in list(kwargs) if k in known}
-        return cls(settings=Settings.from_env(**kwargs), **extra)
+        """The same as `Telemetry(**kwargs)`: the environment, with keyword arguments over it."""
+        return cls(**kwargs)
 
     # -- instrumenting -----------------------------------------------------------------------------
 
     def instrument(self, client: C) -> C:
         """The same client class back, with a per-attempt middleware; the original is left untouched."""
-        existing = tuple(getattr(client, "middleware", ()))
-        if not hasattr(client, "with_options"):
-            raise TypeError(f"instrument() takes an anthropic client, not {type(client).__name__}")
-        if any(isinstance(m, TelemetryMiddleware) and m.owner is self for m in existing):
+        try:
+            existing = tuple(getattr(client, "middleware", None) or ())
+            if any(isinstance(m, TelemetryMiddleware) and m.owner is self for m in existing):
+                return client
+            return client.with_options(middleware=[*existing, self._middleware])  # type: ignore[attr-defined]
+        except Exception as exc:  # not an anthropic client, or an SDK without middleware: leave it as it is
+            self.health.count("instrument")
+            log.warning("foundry-telemetry: cannot instrument %s (%s); it is returned unchanged",
+                        type(client).__name__, type(exc).__name__)
             return client
-        return client.with_options(middleware=[*existing, self._middleware])  # type: ignore[attr-defined]
 
     def transport(self, inner: Any = None, *, library: Any = httpx, asynchronous: bool = False) -> Any:
         """A capturing transport for `httpx` (default) or `httpx2`, wrapping `inner`."""

@@ -18,10 +18,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import Telemetry, usage_context
 from .emulator import FAULT_HEADER, EmulatorServer
 
-DEMO_DEPLOYMENTS = "my-claude=claude-sonnet-4-5,batchy=claude-haiku-4-5,usdz-sonnet=claude-sonnet-4-5*1.1"
+DEMO_DEPLOYMENTS = "chat-prod=claude-sonnet-5-5,batch-jobs=claude-haiku-5-5,usdz-chat=claude-sonnet-5-5*1.1"
 TEAMS = [("search", "ranker"), ("search", "query-rewrite"), ("support", "chatbot"), ("finance", "reports"),
          ("research", "agents")]
-DEPLOYMENTS = ["claude-sonnet-4-5", "claude-haiku-4-5", "my-claude", "batchy", "usdz-sonnet", "claude-opus-4-5"]
+# models a Foundry user can call today (none the SDK warns about), plus custom deployment names
+DEPLOYMENTS = ["claude-sonnet-5-5", "claude-haiku-5-5", "chat-prod", "batch-jobs", "usdz-chat", "claude-opus-5-5"]
 USERS = ["alice", "bob", "carol", "dan", "erin"]
 SYSTEM = [{"type": "text", "text": "You are a precise analyst for Contoso. Answer briefly. " * 60,
            "cache_control": {"type": "ephemeral"}}]

@@ -24,6 +24,11 @@ class Health:
             detail = message or (f"{type(exc).__name__}: {text}" if exc else "")
             log.warning("foundry-telemetry: %s failed (%s); counting further failures silently", kind, detail)
 
+    def count(self, kind: str) -> None:
+        """Count without logging (the caller has said it its own way)."""
+        with self._lock:
+            self.failures[kind] += 1
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self.failures)

@@ -176,6 +176,9 @@ def test_bad_price_file_env_is_one_line(tmp_path):
 
 def test_db_upgrade(tmp_path):
     url = f"sqlite:///{tmp_path / 'new' / 'ledger.db'}"
+    out = cli("db", "upgrade", "--db", url)  # a missing folder is a mistake to report, not a path to create
+    assert out.returncode == 2 and "does not exist" in out.stderr and not (tmp_path / "new").exists()
+    (tmp_path / "new").mkdir()
     out = cli("db", "upgrade", "--db", url)
     assert out.returncode == 0 and (tmp_path / "new" / "ledger.db").exists()
 

@@ -40,3 +40,21 @@ def test_unknown_kwarg():
 
 def test_content_capture_is_off_by_default():
     assert Settings.from_env({}).capture_content is False
+
+
+def test_lenient_read_never_raises_and_keywords_win():
+    bad = {"FOUNDRY_TELEMETRY_DB_URL": "notaurl", "FOUNDRY_TELEMETRY_RETENTION_DAYS": "x"}
+    s = Settings.from_env(bad, strict=False, colour="red")
+    assert s.ledger is False and s.retention_days == 30 and len(s.problems) == 3
+    assert all("\n" not in p for p in s.problems)
+    s = Settings.from_env(bad, strict=False, db_url="sqlite:///ok.db", retention_days=9)
+    assert (s.ledger, s.db_url, s.retention_days, s.problems) == (True, "sqlite:///ok.db", 9, ())
+    s = Settings.from_env(bad, strict=False, ledger=True)  # a rejected URL keeps the ledger off
+    assert s.ledger is False and s.db_url == DEFAULT_DB_URL
+    with pytest.raises(SettingsError, match="FOUNDRY_TELEMETRY_DB_URL"):
+        Settings.from_env(bad)
+
+
+def test_secrets_never_reach_a_problem_message():
+    s = Settings.from_env({"FOUNDRY_TELEMETRY_DB_URL": "mysql://app:hunter2@db/x"}, strict=False)
+    assert s.problems and "hunter2" not in s.problems[0] and "app:***@" in s.problems[0]

@@ -22,15 +22,23 @@ from .faults import Fault, FaultError
 
 FAULT_HEADER = "x-emulator-fault"
 DEFAULT_DEPLOYMENTS: dict[str, str] = {
+    # today's Foundry models, and custom deployment names in front of them
+    "claude-sonnet-5-5": "claude-sonnet-5-5",
+    "claude-haiku-5-5": "claude-haiku-5-5",
+    "claude-opus-5-5": "claude-opus-5-5",
+    "claude-sonnet-5": "claude-sonnet-5",
+    "claude-opus-5": "claude-opus-5",
+    "chat-prod": "claude-sonnet-5-5",
+    "batch-jobs": "claude-haiku-5-5",
+    "usdz-chat": "claude-sonnet-5-5",  # a US Data Zone deployment (priced 1.1x)
+    # retired on Foundry, still answered so that old code and tests keep working
     "claude-sonnet-4-5": "claude-sonnet-4-5-20250929",
     "claude-haiku-4-5": "claude-haiku-4-5-20251001",
     "claude-opus-4-5": "claude-opus-4-5-20251101",
     "claude-opus-4-1": "claude-opus-4-1-20250805",
-    "claude-sonnet-5": "claude-sonnet-5",
-    "claude-opus-5": "claude-opus-5",
-    "my-claude": "claude-sonnet-4-5-20250929",  # a custom deployment name
+    "my-claude": "claude-sonnet-4-5-20250929",
     "batchy": "claude-haiku-4-5-20251001",
-    "usdz-sonnet": "claude-sonnet-4-5-20250929",  # a US Data Zone deployment (priced 1.1x)
+    "usdz-sonnet": "claude-sonnet-4-5-20250929",
     "mystery-model": "claude-experimental-9",  # a model with no published price
 }
 WORDS = tuple(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import threading
 from pathlib import Path
 
@@ -20,11 +21,14 @@ class LedgerError(RuntimeError):
 
 
 def migrations_dir() -> Path:
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "migrations", here.parents[1] / "migrations"):
-        if (candidate / "env.py").exists():
-            return candidate
-    raise LedgerError("the migrations/ folder is not installed next to the telemetry package")
+    """Inside the wheel (`telemetry/_migrations`) or the checkout's top-level `migrations/`."""
+    from ..resources import ResourceMissing
+    from ..resources import migrations_dir as find
+
+    try:
+        return find()
+    except ResourceMissing as exc:
+        raise LedgerError(str(exc)) from None
 
 
 def normalize_url(url: str) -> str:
@@ -96,6 +100,67 @@ def upgrade(url: str, revision: str = "head") -> None:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
     _upgraded.add(normalize_url(url))
+
+
+LEDGER_TABLES = ("usage_records", "usage_daily")
+
+
+@functools.cache
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head() or ""
+
+
+def _sqlite_tables(path: str) -> tuple[set[str], str | None]:
+    """Table names and the Alembic revision of a SQLite file, read without changing one byte of it
+    (our engine would switch it to WAL mode: only for a file that is already a ledger)."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise LedgerError(f"cannot open {path}: {exc}") from None
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        revision = None
+        if "alembic_version" in tables:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = row[0] if row else None
+        return tables, revision
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(f"{path} is not a ledger ({exc})") from None
+    finally:
+        conn.close()
+
+
+def check_schema(url: str) -> None:
+    """For commands that read (or prune) a ledger: it must exist at this version. Never creates or alters
+    anything; a database without the ledger tables is left exactly as it was."""
+    from sqlalchemy import inspect
+
+    url = normalize_url(url)
+    parsed = make_url(url)
+    shown = parsed.render_as_string()
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not Path(parsed.database).is_file():
+            raise LedgerError(f"no ledger at {parsed.database} (run some traffic, or `foundry-telemetry db upgrade`)")
+        tables, revision = _sqlite_tables(parsed.database)
+    else:
+        with get_engine(url).connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+            revision = None
+            if "alembic_version" in tables:
+                revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    missing = [t for t in LEDGER_TABLES if t not in tables]
+    if missing:
+        raise LedgerError(f"{shown} has no usage ledger (no {missing[0]} table); nothing was changed. "
+                          "Point --db at a ledger, or create one with `foundry-telemetry db upgrade`")
+    head = head_revision()
+    if revision != head:
+        raise LedgerError(f"the ledger at {shown} is at revision {revision or 'none'}, this version needs {head}: "
+                          "run `foundry-telemetry db upgrade`")
+    _upgraded.add(url)
 
 
 def ensure_schema(url: str) -> None:

@@ -28,7 +28,7 @@ class ReportError(ValueError):
 
 def parse_by(value: str | None) -> list[str]:
     """Dimension names, plus `tag:KEY` for a usage_context tag."""
-    if not value:
+    if value is None:
         return ["team"]
     keys = []
     for raw in (k.strip() for k in value.split(",")):
@@ -42,6 +42,8 @@ def parse_by(value: str | None) -> list[str]:
             keys.append(raw.lower())
         else:
             raise ReportError(f"unknown --by key {raw!r}; choose from {', '.join(DIMENSIONS)} or tag:NAME")
+    if not keys:
+        raise ReportError(f"--by {value!r} names no dimension; choose from {', '.join(DIMENSIONS)} or tag:NAME")
     return list(dict.fromkeys(keys))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..ledger.models import UsageRecordRow
@@ -13,8 +13,11 @@ from ..numbers import plain
 
 
 class Ambiguous(LookupError):
-    def __init__(self, matches: list[UsageRecordRow]) -> None:
-        super().__init__(f"{len(matches)} rows match")
+    """A prefix of more than one call: `count` is exact, `matches` a few of them to show."""
+
+    def __init__(self, matches: list[UsageRecordRow], count: int | None = None) -> None:
+        self.count = len(matches) if count is None else count
+        super().__init__(f"{self.count} rows match")
         self.matches = matches
 
 
@@ -30,11 +33,11 @@ def find(engine: Engine, ident: str) -> UsageRecordRow | None:
         if len(ident) < 4:
             return None
         pattern = ident.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        matches = session.scalars(select(t).where(or_(t.request_id.like(pattern, escape="\\"),
-                                                      t.apim_request_id.like(pattern, escape="\\")))
-                                  .limit(10)).all()
-    if len(matches) > 1:
-        raise Ambiguous(list(matches))
+        where = or_(t.request_id.like(pattern, escape="\\"), t.apim_request_id.like(pattern, escape="\\"))
+        matches = session.scalars(select(t).where(where).limit(5)).all()
+        if len(matches) > 1:
+            count = session.scalar(select(func.count()).select_from(t).where(where)) or len(matches)
+            raise Ambiguous(list(matches), count)
     return matches[0] if matches else None
 
 

@@ -6,9 +6,11 @@ import csv
 import io
 import json
 from decimal import Decimal
+from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from ..numbers import money
@@ -39,31 +41,147 @@ def to_json(report: Report) -> str:
 
 
 def _money(value: Decimal) -> str:
+    """How a cost is printed in the table (number formatting lives here, layout below)."""
     return money(value)
 
 
-def to_table(report: Report, console: Console) -> None:
-    table = Table(title=f"Chargeback {report.since} → {report.until}", show_footer=True, box=box.SIMPLE_HEAD,
-                  pad_edge=False)
-    for key in report.by:  # names fold rather than vanish behind an ellipsis on narrow terminals
-        table.add_column(key, footer="TOTAL" if key == report.by[0] else "", overflow="fold", min_width=6)
-    t = report.total
-    numeric = {"requests": t.requests, "errors": t.errors, "input_tokens": t.input_tokens,
-               "output_tokens": t.output_tokens, "cache_creation_input_tokens": t.cache_creation_input_tokens,
-               "cache_read_input_tokens": t.cache_read_input_tokens}
-    headers = {"requests": "calls", "cache_creation_input_tokens": "cache wr", "cache_read_input_tokens": "cache rd",
-               "input_tokens": "in tok", "output_tokens": "out tok"}
-    for name, value in numeric.items():
-        table.add_column(headers.get(name, name), justify="right", footer=f"{value:,}")
-    table.add_column("USD", justify="right", footer=_money(t.cost_usd), no_wrap=True,
-                     min_width=len(_money(t.cost_usd)))
-    table.add_column("unpriced", justify="right", footer=f"{t.unpriced:,}")
+def _count(value: int) -> str:
+    return f"{value:,}"
+
+
+# (attribute, header) in order of importance: the first ones stay longest as the terminal narrows
+NUMERIC = (("requests", "calls"), ("cost_usd", "USD"), ("unpriced", "unpriced"), ("output_tokens", "out tok"),
+           ("input_tokens", "in tok"),
+           ("errors", "errors"), ("cache_read_input_tokens", "cache rd"),
+           ("cache_creation_input_tokens", "cache wr"))
+SHOWN = ("requests", "errors", "input_tokens", "output_tokens", "cache_creation_input_tokens",
+         "cache_read_input_tokens", "cost_usd", "unpriced")  # left-to-right order on screen
+
+
+def _cell(row: Any, name: str) -> str:
+    return _money(row.cost_usd) if name == "cost_usd" else _count(getattr(row, name))
+
+
+def _table(report: Report, columns: list[str], title: str, stacked: bool) -> Table:
+    """Names and numbers whole (never folded, never cut); headers may wrap at their spaces. `stacked` puts
+    the grouping keys of a row under each other in one cell, for terminals too narrow to set them side by side."""
+    headers = dict(NUMERIC)
+    table = Table(title=title, show_footer=True, box=box.SIMPLE_HEAD, pad_edge=False, show_lines=stacked)
+    key_columns = [report.by] if stacked else [[k] for k in report.by]
+    for keys in key_columns:
+        width = max(5, *(len(k) for k in keys), *(len(r.keys[k]) for r in report.rows for k in keys))
+        table.add_column("\n".join(keys), footer="TOTAL" if keys[0] == report.by[0] else "", no_wrap=True,
+                         min_width=width)
+    for name in columns:
+        width = max(max(len(w) for w in headers[name].split()), len(_cell(report.total, name)),
+                    *(len(_cell(r, name)) for r in report.rows))
+        table.add_column(headers[name], justify="right", footer=_cell(report.total, name), no_wrap=True,
+                         min_width=width)
     for row in report.rows:
-        table.add_row(*(row.keys[k] for k in report.by), *(f"{getattr(row, n):,}" for n in numeric),
-                      _money(row.cost_usd), f"{row.unpriced:,}")
-    console.print(table)
+        names = ["\n".join(row.keys[k] for k in report.by)] if stacked else [row.keys[k] for k in report.by]
+        table.add_row(*names, *(_cell(row, n) for n in columns))
+    return table
+
+
+def _candidates(report: Report) -> list[tuple[int, bool]]:
+    """(how many numeric columns, stacked keys), most informative first; calls, USD and unpriced always stay."""
+    side = [(n, False) for n in range(len(NUMERIC), 2, -1)]
+    if len(report.by) == 1:
+        return side
+    return [*side[:4], *((n, True) for n in range(len(NUMERIC), 2, -1)), *side[4:]]
+
+
+def to_table(report: Report, console: Console) -> None:
+    """At any width: names and numbers whole. Fewer columns, then keys stacked in one cell, then one line
+    per group; what was left out is said under the table."""
+    title = f"Chargeback {report.since} → {report.until}"
+    wide = console.options.update_width(1_000_000)
+    for count, stacked in _candidates(report):
+        chosen = [name for name, _ in NUMERIC[:count]]
+        table = _table(report, [n for n in SHOWN if n in chosen], title, stacked)
+        if Measurement.get(console, wide, table).maximum <= console.width:
+            console.print(table)
+            hidden = [dict(NUMERIC)[n] for n in SHOWN if n not in chosen]
+            if hidden:
+                console.print(f"[dim]({', '.join(hidden)} left out at {console.width} columns; "
+                              "--format csv or json has every column)[/dim]")
+            break
+    else:
+        _to_lines(report, console, title)
     if report.forecast_usd is not None:
         console.print(f"Month-end forecast at the current run rate: [bold]{money(report.forecast_usd, 2)}[/bold]")
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
 
+
+def _to_lines(report: Report, console: Console, title: str) -> None:
+    """Too narrow for any table: a line of names per group, then `name=value` pairs wrapped only between pairs."""
+    console.print(f"[bold]{title}[/bold]")
+    for row in [*report.rows, report.total]:
+        label = "TOTAL" if row is report.total else " · ".join(row.keys[k] for k in report.by)
+        console.print(label, markup=False, highlight=False, soft_wrap=_longest_word(label) > console.width)
+        pairs = " ".join(f"{dict(NUMERIC)[n].replace(' ', '_')}={_cell(row, n)}" for n in SHOWN)
+        console.print(pairs, markup=False, highlight=False)
+
+
+def _longest_word(text: str) -> int:
+    return max((len(w) for w in text.split()), default=0)
+
+
+# -- lookup ------------------------------------------------------------------------------------------
+
+NULL = "—"
+LOOKUP_FIELDS = (  # (label, key in lookup.as_dict)
+    ("time (UTC)", "time"), ("request-id", "request_id"), ("apim-request-id", "apim_request_id"),
+    ("operation id", "operation_id"), ("attempt", "attempt"), ("status", "status_code"),
+    ("error type", "error_type"), ("error message", "error_message"), ("resource", "resource"),
+    ("deployment", "deployment"), ("model", "model"), ("operation", "operation"), ("stream", "stream"),
+    ("input tokens", "input_tokens"), ("output tokens", "output_tokens"),
+    ("cache write", "cache_creation_input_tokens"), ("cache write 5m", "cache_creation_5m_input_tokens"),
+    ("cache write 1h", "cache_creation_1h_input_tokens"), ("cache read", "cache_read_input_tokens"),
+    ("cost (USD)", "cost_usd"), ("latency ms", "latency_ms"), ("TTFT ms", "ttft_ms"), ("team", "team"),
+    ("project", "project"), ("user", "user"), ("tags", "tags"), ("trace id", "trace_id"), ("span id", "span_id"),
+)
+
+
+def lookup_value(value: Any) -> str:
+    """A stored value as a person reads it: no Python reprs, null as a dash."""
+    if value is None or value == "":
+        return NULL
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in sorted(value.items())) if value else NULL
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, int):
+        return _count(value)
+    return str(value)
+
+
+def print_lookup(data: dict[str, Any], console: Console) -> None:
+    """Label / value lines. An id is never cut: a value too long for the line moves below its label, and one
+    longer than the terminal is printed whole (soft-wrapped by the terminal, intact when piped)."""
+    label_width = max(len(label) for label, _ in LOOKUP_FIELDS) + 2
+    for label, key in LOOKUP_FIELDS:
+        text = lookup_value(data.get(key))
+        _pair(console, label, text, label_width)
+    console.print()
+    console.print("[bold]For the Azure support ticket[/bold]")
+    for label, key in (("request-id", "request_id"), ("apim-request-id", "apim_request_id"), ("time (UTC)", "time")):
+        _pair(console, label, lookup_value(data.get(key)), label_width)
+    console.print()
+    console.print("[bold]Application Insights (KQL)[/bold]")
+    for line in str(data.get("kql", "")).splitlines():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _pair(console: Console, label: str, text: str, label_width: int) -> None:
+    if label_width + len(text) <= console.width:
+        console.print(f"{label:<{label_width}}{text}", markup=False, highlight=False, soft_wrap=True)
+        return
+    console.print(label, markup=False, highlight=False)
+    if " " in text.strip() and _longest_word(text) <= console.width:
+        console.print(text, markup=False, highlight=False)  # wraps at spaces only: every word fits a line
+    else:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)  # one long id: whole, never cut
