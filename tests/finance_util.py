@@ -12,8 +12,6 @@ def runner(capsys: Any) -> Callable[..., subprocess.CompletedProcess]:
     runs the installed script itself at least once."""
     from telemetry import cli as cli_module
 
-    cli_module.console.width = 200
-
     def invoke(*args: str) -> subprocess.CompletedProcess:
         try:
             cli_module.main(list(args))

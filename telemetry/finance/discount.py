@@ -48,16 +48,15 @@ class Discounts:
 
 
 def load_discounts(prices_path: str | Path | None, default: Decimal = Decimal(0)) -> Discounts:
-    """Per-resource discounts from the price file's `[discounts]` table: `"my-resource" = "0.15"`."""
+    """Per-resource discounts from the price file's `[discounts]` table: `"my-resource" = "0.15"`; a bad value
+    there is a one-line `SettingsError`."""
     if not prices_path:
         return Discounts(default)
     p = Path(prices_path)
     try:
         data = tomllib.loads(p.read_text("utf-8"))
-    except FileNotFoundError:
-        raise SettingsError(f"price file {p} does not exist") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise SettingsError(f"price file {p}: {exc}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return Discounts(default)  # the price loader reports an unreadable file, once
     table = data.get("discounts", {})
     if not isinstance(table, dict):
         raise SettingsError(f"price file {p}: [discounts] must be a table of resource = \"fraction\"")
