@@ -84,11 +84,11 @@ def _table(report: Report, columns: list[str], title: str, stacked: bool) -> Tab
 
 
 def _candidates(report: Report) -> list[tuple[int, bool]]:
-    """(how many numeric columns, stacked keys), most informative first; calls, USD and unpriced always stay."""
-    side = [(n, False) for n in range(len(NUMERIC), 2, -1)]
+    """(how many numeric columns, stacked keys), most informative first; calls and USD always stay."""
+    side = [(n, False) for n in range(len(NUMERIC), 1, -1)]
     if len(report.by) == 1:
         return side
-    return [*side[:4], *((n, True) for n in range(len(NUMERIC), 2, -1)), *side[4:]]
+    return [*side[:4], *((n, True) for n in range(len(NUMERIC), 1, -1)), *side[4:]]
 
 
 def to_table(report: Report, console: Console) -> None:
