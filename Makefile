@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/reconcile.py
 
 clean:
 	rm -rf $(VENV) foundry-usage.db report.html

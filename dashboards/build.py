@@ -168,7 +168,78 @@ def alerts_arm() -> dict[str, Any]:
     }
 
 
-OUTPUTS = {"workbook.json": workbook, "workbook.arm.json": workbook_arm, "alerts.json": alerts_arm}
+def budgets_arm() -> dict[str, Any]:
+    """Cost Management budget on the Foundry resources (actual and forecast notifications, on the bill itself)
+    plus one scheduled-query rule per team budget on the spans' billed cost (a 24-hour run-rate forecast)."""
+    groups = "[if(empty(parameters('actionGroupId')), json('[]'), createArray(parameters('actionGroupId')))]"
+
+    def notification(kind: str, percent: str) -> dict[str, Any]:
+        return {"enabled": True, "operator": "GreaterThan", "threshold": f"[parameters('{percent}')]",
+                "thresholdType": kind, "contactEmails": "[parameters('contactEmails')]", "contactGroups": groups,
+                "locale": "en-us"}
+
+    team = "parameters('teamBudgets')[copyIndex()]"
+    return {
+        "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+        "contentVersion": "1.0.0.0",
+        "parameters": {
+            "budgetName": {"type": "string", "defaultValue": "claude-on-foundry"},
+            "monthlyBudgetUsd": {"type": "int", "metadata": {"description": "billed USD per month, all resources"}},
+            "startDate": {"type": "string", "metadata": {"description": "first day of a month, YYYY-MM-01"}},
+            "foundryResourceIds": {"type": "array", "metadata": {"description": "ids of the Foundry resources"}},
+            "contactEmails": {"type": "array", "defaultValue": []},
+            "actionGroupId": {"type": "string", "defaultValue": ""},
+            "actualPercent": {"type": "int", "defaultValue": 80, "metadata": {"description": "spent above X %"}},
+            "actualPercentFinal": {"type": "int", "defaultValue": 100},
+            "forecastPercent": {"type": "int", "defaultValue": 100,
+                                "metadata": {"description": "Cost Management forecast above X % of the budget"}},
+            "appInsightsResourceId": {"type": "string", "defaultValue": ""},
+            "teamBudgets": {"type": "array", "defaultValue": [],
+                            "metadata": {"description": "[{\"team\": \"search\", \"monthlyUsd\": 500}, …]"}},
+            "location": {"type": "string", "defaultValue": "[resourceGroup().location]"},
+            "namePrefix": {"type": "string", "defaultValue": ""},
+        },
+        "resources": [{
+            "type": "Microsoft.Consumption/budgets", "apiVersion": "2023-05-01",
+            "name": "[parameters('budgetName')]",
+            "properties": {
+                "category": "Cost", "amount": "[parameters('monthlyBudgetUsd')]", "timeGrain": "Monthly",
+                "timePeriod": {"startDate": "[parameters('startDate')]"},
+                "filter": {"dimensions": {"name": "ResourceId", "operator": "In",
+                                          "values": "[parameters('foundryResourceIds')]"}},
+                "notifications": {
+                    "actual-above-percent": notification("Actual", "actualPercent"),
+                    "actual-above-final-percent": notification("Actual", "actualPercentFinal"),
+                    "forecast-above-percent": notification("Forecasted", "forecastPercent"),
+                },
+            },
+        }, {
+            "type": "Microsoft.Insights/scheduledQueryRules", "apiVersion": SCHEDULED_QUERY_API,
+            "condition": "[not(empty(parameters('appInsightsResourceId')))]",
+            "copy": {"name": "teamBudgets", "count": "[length(parameters('teamBudgets'))]"},
+            "name": f"[concat(parameters('namePrefix'), 'foundry-budget-', {team}.team)]",
+            "location": "[parameters('location')]",
+            "properties": {
+                "description": f"[concat('Team ', {team}.team, ': the month at the last 24 h billed rate is above "
+                               f"its budget of USD ', string({team}.monthlyUsd))]",
+                "severity": 2, "enabled": True, "scopes": ["[parameters('appInsightsResourceId')]"],
+                "evaluationFrequency": "PT1H", "windowSize": "P1D",
+                "criteria": {"allOf": [{
+                    "query": kql("budget_team_forecast"), "timeAggregation": "Maximum",
+                    "metricMeasureColumn": "forecast_usd", "operator": "GreaterThan",
+                    "threshold": f"[{team}.monthlyUsd]",
+                    "dimensions": [{"name": "team", "operator": "Include", "values": [f"[{team}.team]"]}],
+                    "failingPeriods": {"numberOfEvaluationPeriods": 1, "minFailingPeriodsToAlert": 1},
+                }]},
+                "actions": {"actionGroups": groups},
+                "autoMitigate": True,
+            },
+        }],
+    }
+
+
+OUTPUTS = {"workbook.json": workbook, "workbook.arm.json": workbook_arm, "alerts.json": alerts_arm,
+           "budgets.json": budgets_arm}
 
 
 def render() -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Latency, error and cost rules evaluated on the ledger. A rule fires when its value is strictly above
 its threshold; at the threshold it stays quiet. The same rules ship as Azure scheduled-query alerts
-(dashboards/alerts.json) over the KQL in dashboards/kql/.
+(dashboards/alerts.json) over the KQL in dashboards/kql/. Monthly budgets (`[[budget]]`, `--budget`) are
+evaluated by telemetry.finance.budget on billed cost, with a forecast to month end (dashboards/budgets.json).
 
 Alerts count what the service did: an attempt the caller ended on purpose (`client_closed`, `cancelled`,
 see telemetry.record.CALLER_ENDED) is no error; it is reported apart, as `caller_ended`."""
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 from sqlalchemy import Engine
 
+from .finance.budget import Budget, BudgetError, evaluate_budget, make_budget
 from .numbers import non_negative_decimal, plain
 from .reports.stats import DeploymentStats, deployment_stats
 
@@ -66,10 +68,12 @@ class Evaluation:
     end: dt.datetime
     firing: list[Firing]
     checked: list[dict[str, Any]]
+    budgets: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"window_minutes": self.window_minutes, "start": self.start.isoformat(),
-                "end": self.end.isoformat(), "firing": [asdict(f) for f in self.firing], "checked": self.checked}
+                "end": self.end.isoformat(), "firing": [asdict(f) for f in self.firing], "checked": self.checked,
+                "budgets": self.budgets}
 
 
 def _number(value: Any, where: str) -> Decimal:
@@ -105,10 +109,16 @@ def load_rules(path: str | Path) -> tuple[list[Rule], dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RuleError(f"rule file {p}: {exc}") from None
     specs = data.get("rule", [])
-    if not isinstance(specs, list) or not specs:
-        raise RuleError(f"rule file {p}: needs at least one [[rule]] table")
+    budget_specs = data.get("budget", [])
+    if not isinstance(specs, list) or not isinstance(budget_specs, list) or not (specs or budget_specs):
+        raise RuleError(f"rule file {p}: needs at least one [[rule]] or [[budget]] table")
     rules = [make_rule(s if isinstance(s, dict) else {}, f"{p} rule {i + 1}") for i, s in enumerate(specs)]
-    options = {k: data[k] for k in ("window_minutes", "webhook") if k in data}
+    options: dict[str, Any] = {k: data[k] for k in ("window_minutes", "webhook") if k in data}
+    try:
+        options["budgets"] = [make_budget(s if isinstance(s, dict) else {}, f"{p} budget {i + 1}")
+                              for i, s in enumerate(budget_specs)]
+    except BudgetError as exc:
+        raise RuleError(str(exc)) from None
     if "window_minutes" in options and (not isinstance(options["window_minutes"], int)
                                         or options["window_minutes"] < 1):
         raise RuleError(f"rule file {p}: window_minutes must be a whole number ≥ 1")
@@ -123,8 +133,8 @@ def _value(rule: Rule, s: DeploymentStats) -> float | None:
     return s.rate(count)
 
 
-def evaluate(engine: Engine, rules: list[Rule], window_minutes: int, now: dt.datetime | None = None
-             ) -> Evaluation:
+def evaluate(engine: Engine, rules: list[Rule], window_minutes: int, now: dt.datetime | None = None,
+             budgets: list[Budget] | None = None) -> Evaluation:
     end = now or dt.datetime.now(dt.UTC)
     start = end - dt.timedelta(minutes=window_minutes)
     stats = deployment_stats(engine, start, end)
@@ -156,7 +166,15 @@ def evaluate(engine: Engine, rules: list[Rule], window_minutes: int, now: dt.dat
                 detail = {"errors_by_type": dict(s.error_types), "caller_ended": s.caller_ended} if (
                     rule.kind.endswith("rate")) else {"p50_ms": s.p(0.5), "p99_ms": s.p(0.99)}
                 firing.append(Firing(rule.label, rule.kind, name, value, threshold, s.requests, detail))
-    return Evaluation(window_minutes, start, end, firing, checked)
+    statuses = []
+    for budget in budgets or ():
+        status = evaluate_budget(engine, budget, end)
+        statuses.append(status.as_dict())
+        for f in status.firing:
+            firing.append(Firing(budget.label, f["kind"], None, float(f["value"]), float(f["threshold"]), 0,
+                                 {"message": f["message"], **{k: v for k, v in status.as_dict().items()
+                                                              if k not in ("firing", "budget")}}))
+    return Evaluation(window_minutes, start, end, firing, checked, statuses)
 
 
 def post_webhook(url: str, evaluation: Evaluation, timeout: float = 10.0) -> None:

@@ -132,6 +132,9 @@ def report(
     by: Annotated[str, typer.Option(help="team,project,user,deployment,model,day,month,tag:NAME")] = "team",
     fmt: Annotated[str, typer.Option("--format", help="table, csv, json or html")] = "table",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file")] = None,
+    budgets: Annotated[Path | None, typer.Option("--budgets", help="html: [[budget]]s of this rules TOML")] = None,
+    reconciliation: Annotated[Path | None, typer.Option("--reconciliation",
+                                                        help="html: `reconcile --format json` output")] = None,
     db: DbOpt = None,
 ) -> None:
     """Chargeback report from the daily rollups (totals survive retention)."""
@@ -158,9 +161,13 @@ def report(
             to_table(rep, console)
         return
     if fmt == "html":
+        from .alerts import load_rules
+        from .finance.view import load_reconciliation
         from .reports.html import render_html
 
-        text = render_html(engine, rep)
+        budget_list = load_rules(budgets)[1].get("budgets") if budgets else None
+        days = load_reconciliation(reconciliation) if reconciliation else None
+        text = render_html(engine, rep, budget_list, days)
     else:
         text = to_csv(rep) if fmt == "csv" else to_json(rep) + "\n"
     if output:
@@ -243,6 +250,13 @@ def alerts_check(
     auth_error_rate: Annotated[float | None, typer.Option("--auth-error-rate", help="0-1, 401/403")] = None,
     cost_per_hour: Annotated[float | None, typer.Option("--cost-per-hour", help="USD budget per hour")] = None,
     rules: Annotated[Path | None, typer.Option("--rules", help="TOML rule file")] = None,
+    budget: Annotated[list[str] | None, typer.Option("--budget", help="monthly USD budget, billed: team:NAME=500, "
+                                                     "project:NAME=…, resource:NAME=…, all=… (repeatable)")] = None,
+    budget_alert_at: Annotated[list[str] | None, typer.Option("--budget-alert-at", help="fire when spent > this "
+                                                              "% of the budget (repeatable; default 100)")] = None,
+    budget_forecast: Annotated[str, typer.Option("--budget-forecast", help="trailing, linear or none")] = "trailing",
+    forecast_days: Annotated[int, typer.Option("--forecast-days", min=1, max=62, help="trailing window")] = 7,
+    at: Annotated[str | None, typer.Option("--at", help="evaluate as of this UTC time, ISO 8601 (default now)")] = None,
     webhook: Annotated[str | None, typer.Option("--webhook", help="POST JSON here when a rule fires")] = None,
     min_requests: Annotated[int, typer.Option("--min-requests", min=1, max=10**12)] = 1,
     fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
@@ -257,28 +271,53 @@ def alerts_check(
     options: dict[str, Any] = {}
     if rules is not None:
         rule_list, options = load_rules(rules)
+    budgets = list(options.get("budgets", []))
+    if budget:
+        from .finance.budget import BudgetError, parse_budget_flag
+
+        try:
+            budgets += [parse_budget_flag(b, budget_alert_at or [], budget_forecast, forecast_days) for b in budget]
+        except BudgetError as exc:
+            raise CliError(str(exc)) from None
     flags = {"latency_p95": p95_ms, "error_rate": error_rate, "server_error_rate": server_error_rate,
              "rate_limit_rate": rate_limit_rate, "auth_error_rate": auth_error_rate, "cost_per_hour": cost_per_hour}
     for kind, value in flags.items():
         if value is not None:
             rule_list.append(make_rule({"kind": kind, "threshold": value, "min_requests": min_requests},
                                        f"--{kind.replace('_', '-')}"))
-    if not rule_list:
-        raise CliError("no rules: give --p95-ms, --error-rate, --cost-per-hour … or --rules FILE")
+    if not rule_list and not budgets:
+        raise CliError("no rules: give --p95-ms, --error-rate, --cost-per-hour, --budget … or --rules FILE")
     minutes = window if window is not None else options.get("window_minutes", 15)
     if not 1 <= minutes <= MAX_WINDOW_MINUTES:
         raise CliError(f"--window must be between 1 and {MAX_WINDOW_MINUTES} minutes (got {minutes})")
-    evaluation = evaluate(_engine(db), rule_list, minutes)
+    when = None
+    if at is not None:
+        import datetime as dt
+
+        try:
+            when = dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
+            when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+            when + dt.timedelta(days=40)  # a month ahead must still be a date
+        except (ValueError, OverflowError):
+            raise CliError(f"--at {at!r} is not an ISO 8601 time (2026-11-16T12:00Z)") from None
+    evaluation = evaluate(_engine(db), rule_list, minutes, when, budgets=budgets)
     hook = webhook or options.get("webhook")
     if fmt == "json":
         sys.stdout.write(json.dumps(evaluation.as_dict(), indent=2, default=str) + "\n")
     elif evaluation.firing:
         for f in evaluation.firing:
             where = f" on {f.deployment}" if f.deployment else ""
+            if "message" in f.detail:  # budgets say what they compared
+                console.print(f"[red]FIRING[/red] {f.rule}: {f.detail['message']}", soft_wrap=True)
+                continue
             console.print(f"[red]FIRING[/red] {f.rule}{where}: {f.value:.4g} > {f.threshold:g} "
                           f"({f.requests} requests in {minutes} min)")
     else:
-        console.print(f"[green]ok[/green] {len(rule_list)} rules quiet over the last {minutes} min")
+        console.print(f"[green]ok[/green] {len(rule_list) + len(budgets)} rules quiet over the last {minutes} min")
+    if fmt != "json":
+        from .finance.budget_output import print_budgets
+
+        print_budgets(evaluation.budgets, console)
     if evaluation.firing and hook:
         try:
             post_webhook(hook, evaluation)
@@ -412,6 +451,36 @@ def proxy(
               drain_timeout, console)
 
 
+# -- finance (issue 13): logic in telemetry/finance/ ---------------------------------------------------------
+@app.command()
+def reconcile(
+    export: Annotated[Path, typer.Argument(metavar="EXPORT.csv", help="Cost Management export (FOCUS, cost details)")],
+    tolerance: Annotated[str, typer.Option(help="allowed |bill − ledger| as a fraction of the bill")] = "0.005",
+    abs_tolerance: Annotated[str, typer.Option("--abs-tolerance", help="also allowed: this many USD")] = "0",
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+    resource_map: Annotated[Path | None, typer.Option("--resource-map", help="TOML: ledger name = Azure name")] = None,
+    publisher: Annotated[list[str] | None, typer.Option("--publisher", help="keep rows whose publisher contains "
+                                                        "this (repeatable; default anthropic)")] = None,
+    meter: Annotated[list[str] | None, typer.Option("--meter", help="… or whose meter contains this "
+                                                    "(repeatable; default claude)")] = None,
+    since: Annotated[str | None, typer.Option(help="YYYY-MM-DD (default: the export's first day)")] = None,
+    until: Annotated[str | None, typer.Option(help="YYYY-MM-DD (default: the export's last day)")] = None,
+    basis: Annotated[str, typer.Option(help="cost, or ccus (consumed CCUs × $0.01, any currency)")] = "cost",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file")] = None,
+    db: DbOpt = None,
+) -> None:
+    """The Azure bill vs the ledger per day × resource; exit 1 when any difference exceeds the tolerance."""
+    from .finance.cli import run_reconcile
+
+    if fmt not in ("table", "json", "csv"):
+        raise CliError(f"unknown --format {fmt!r}; choose table, json or csv")
+    code = run_reconcile(_engine(db), export, tolerance=tolerance, abs_tolerance=abs_tolerance, fmt=fmt,
+                         resource_map=resource_map, publishers=publisher, meters=meter, since=since,
+                         until=until, basis=basis, output=output, console=console, err=err)
+    if code:
+        raise typer.Exit(code)
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     line = text[0][:300] if text else type(exc).__name__
@@ -441,12 +510,14 @@ def _root(
 
 def main(argv: list[str] | None = None) -> None:
     from .alerts import RuleError
+    from .finance.reconcile import ReconcileError
     from .ledger.db import LedgerError
     from .pricing import PriceError
     from .reports.chargeback import ReportError
     from .reports.period import PeriodError
 
-    expected = (CliError, PeriodError, ReportError, RuleError, PriceError, SettingsError, LedgerError)
+    expected = (CliError, PeriodError, ReportError, RuleError, PriceError, SettingsError, LedgerError,
+                ReconcileError)
     try:
         args = sys.argv[1:] if argv is None else list(argv)
         if _wants_version(args):

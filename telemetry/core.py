@@ -19,6 +19,7 @@ from .capture.middleware import TelemetryMiddleware
 from .capture.streams import end_open_streams
 from .capture.transport import transport_classes
 from .export import OtlpExporters, install_otlp, otlp_exporters
+from .finance.discount import Discounts, load_discounts
 from .health import Health
 from .otel import OTelSink, configure_azure_monitor_export
 from .pipeline import Pipeline, RecordSink
@@ -125,6 +126,16 @@ def _load_prices(settings: Settings, warn: Any) -> PriceTable:
     return PriceTable()
 
 
+def _load_discounts(settings: Settings, warn: Any) -> Discounts:
+    """Per-resource discounts from the price file; a bad `[discounts]` table falls back to the default one."""
+    try:
+        return load_discounts(settings.prices_path, settings.discount)
+    except Exception as exc:
+        warn(f"discounts in the price file are ignored ({_first_line(exc)}); every resource is billed at "
+             f"FOUNDRY_TELEMETRY_DISCOUNT={settings.discount}")
+        return Discounts(settings.discount)
+
+
 def _fields(settings: Settings) -> dict[str, Any]:
     return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "problems"}
 
@@ -177,6 +188,7 @@ class Telemetry:
         self._pipeline = Pipeline(
             self.prices, all_sinks, self.health, emit=self._otel.emit,
             capture_content=self.settings.capture_content, queue_size=self.settings.queue_size,
+            discounts=_load_discounts(self.settings, warn),
         )
         self._capturer = Capturer(self._pipeline.submit, self.health.failed)
         self._middleware = TelemetryMiddleware(self._capturer, self)

@@ -247,6 +247,8 @@ def span_attributes(r: UsageRecord) -> dict[str, Any]:
             attrs[name] = value
     if r.cost_usd is not None:
         attrs[n.FOUNDRY_COST_USD] = format(r.cost_usd, "f")
+    if r.billed_cost_usd is not None:
+        attrs[n.FOUNDRY_BILLED_COST_USD] = format(r.billed_cost_usd, "f")
     return attrs
 
 

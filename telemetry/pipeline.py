@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from .capture.parse import build_record
 from .capture.state import AttemptCapture
+from .finance.discount import Discounts, billed_cost
 from .handoff import Handoff
 from .health import Health
 from .pricing import PriceTable
@@ -45,8 +46,10 @@ class Pipeline:
         emit: Callable[[UsageRecord, AttemptCapture], None] | None = None,
         capture_content: bool = False,
         queue_size: int = 10_000,
+        discounts: Discounts | None = None,
     ) -> None:
         self._prices = prices
+        self._discounts = discounts or Discounts()
         self._sinks = list(sinks)
         self._emit = emit
         self._health = health
@@ -111,6 +114,8 @@ class Pipeline:
             record.record_id = os.urandom(16).hex()  # as uuid4().hex: 128 random bits
             try:
                 record.cost_usd = self._prices.cost(record)
+                record.discount = self._discounts.for_resource(record.resource)
+                record.billed_cost_usd = billed_cost(record.cost_usd, record.discount)
             except Exception as exc:
                 self._health.failed("pricing", exc)
             if self._emit is not None:

@@ -47,7 +47,9 @@ class UsageRecord:
     cache_creation_1h_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     web_search_requests: int = 0
-    cost_usd: Decimal | None = None
+    cost_usd: Decimal | None = None  # at list price
+    billed_cost_usd: Decimal | None = None  # after the contractual discount (telemetry.finance)
+    discount: Decimal | None = None  # the discount in force for this row's resource when it was priced
     latency_ms: float | None = None
     ttft_ms: float | None = None
     chunk_gaps_ms: list[float] = field(default_factory=list)

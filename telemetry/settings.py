@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,19 @@ def _text(value: object, name: str) -> str | None:
     return value.strip() or None
 
 
+def discount_fraction(value: object, name: str = "FOUNDRY_TELEMETRY_DISCOUNT") -> Decimal:
+    """A contractual discount as an exact fraction, 0 ≤ d < 1 (0.12 is 12 % off the list price)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise SettingsError(f"{name}={_shown(value)} is not a number")
+    try:
+        d = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise SettingsError(f"{name}={_shown(value)} is not a number (a fraction such as 0.12)") from None
+    if not d.is_finite() or d < 0 or d >= 1:
+        raise SettingsError(f"{name}={_shown(value)} must be a fraction with 0 <= discount < 1 (0.12 is 12 % off)")
+    return d
+
+
 def check_db_url(value: object, name: str) -> str:
     text = _text(value, name)
     if text is None:
@@ -113,6 +127,7 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "db_url": check_db_url, "connection_string": _text, "retention_days": _days, "deployments": _text,
     "prices_path": _text, "capture_content": _bool, "spool_dir": _text, "queue_size": _positive_int,
     "batch_size": _positive_int, "batch_interval_s": _seconds, "ledger": _bool, "journal": _bool,
+    "discount": discount_fraction,
 }
 ENV_VARS: dict[str, str] = {
     "FOUNDRY_TELEMETRY_DB_URL": "db_url",
@@ -122,8 +137,9 @@ ENV_VARS: dict[str, str] = {
     "FOUNDRY_TELEMETRY_PRICES": "prices_path",
     "FOUNDRY_TELEMETRY_CAPTURE_CONTENT": "capture_content",
     "FOUNDRY_TELEMETRY_SPOOL_DIR": "spool_dir",
+    "FOUNDRY_TELEMETRY_DISCOUNT": "discount",
 }
-_BLANK_IS_UNSET = {"db_url", "connection_string", "deployments", "prices_path", "spool_dir"}
+_BLANK_IS_UNSET = {"db_url", "connection_string", "deployments", "prices_path", "spool_dir", "discount"}
 
 
 @dataclass(frozen=True)
@@ -140,6 +156,7 @@ class Settings:
     batch_interval_s: float = 0.5
     ledger: bool = True  # False: no SQL sink (export only)
     journal: bool = True  # every record journaled before it waits for a batch (survives SIGKILL)
+    discount: Decimal = Decimal(0)  # contractual discount off list, applied before conversion to CCUs
     # lenient reads: what was ignored and why, one line each (Telemetry logs them once)
     problems: tuple[str, ...] = field(default=(), compare=False, repr=False)
 

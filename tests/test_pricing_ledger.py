@@ -345,7 +345,9 @@ def test_revision_0003_moves_old_count_tokens_rows_out_of_billed_totals(db_url):
            "deployment": "claude-opus-4-1"}
     with engine.begin() as conn:
         conn.execute(insert(UsageRecordRow.__table__),
-                     [{c: getattr(r, "record_id" if c == "id" else c) for c in RECORD_COLUMNS} for r in old_rows])
+                     [{c: getattr(r, "record_id" if c == "id" else c) for c in RECORD_COLUMNS
+                       if c not in ("billed_cost_usd", "discount")}  # added by revision 0004
+                      for r in old_rows])
         sql = ('INSERT INTO usage_daily (day, team, project, "user", deployment, model, tags, requests, errors, '
                "rate_limited, server_errors, input_tokens, output_tokens, cache_creation_input_tokens, "
                "cache_creation_5m_input_tokens, cache_creation_1h_input_tokens, cache_read_input_tokens, cost_e10, "

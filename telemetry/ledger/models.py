@@ -114,6 +114,8 @@ class UsageRecordRow(Base):
     cache_read_input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     web_search_requests: Mapped[int] = mapped_column(Integer, default=0)
     cost_usd: Mapped[Decimal | None] = mapped_column(ExactDecimal())
+    billed_cost_usd: Mapped[Decimal | None] = mapped_column(ExactDecimal())  # list × (1 − discount)
+    discount: Mapped[Decimal | None] = mapped_column(ExactDecimal())  # kept, so a re-price bills at the same terms
     latency_ms: Mapped[float | None] = mapped_column(Float)
     ttft_ms: Mapped[float | None] = mapped_column(Float)
     team: Mapped[str | None] = mapped_column(String(128))
@@ -180,3 +182,25 @@ class UsageDailyLatencyRow(Base):
     deployment: Mapped[str] = mapped_column(String(128), primary_key=True, default="")
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True)  # index into LATENCY_BUCKETS_MS
     count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class UsageHourlyRow(Base):
+    """Exact hourly totals per resource, as Foundry meters CCUs: list and billed cost (after the contractual
+    discount) in integer 1e-10 USD. Reconciliation with the Azure bill and budgets read this; outlives retention."""
+
+    __tablename__ = "usage_hourly"
+
+    hour: Mapped[dt.datetime] = mapped_column(UTCDateTime(), primary_key=True)  # start of the UTC hour
+    resource: Mapped[str] = mapped_column(String(128), primary_key=True, default="")
+    deployment: Mapped[str] = mapped_column(String(128), primary_key=True, default="")
+    model: Mapped[str] = mapped_column(String(128), primary_key=True, default="")
+    team: Mapped[str] = mapped_column(String(128), primary_key=True, default="")
+    project: Mapped[str] = mapped_column(String(128), primary_key=True, default="")
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_creation_input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cache_read_input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_e10: Mapped[int] = mapped_column(BigInteger, default=0)  # list price
+    billed_e10: Mapped[int] = mapped_column(BigInteger, default=0)  # after discount
+    unpriced: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -62,8 +62,9 @@ def record_from_json(data: dict[str, Any]) -> UsageRecord:
     data = {k: v for k, v in data.items() if k in _KNOWN}
     created = dt.datetime.fromisoformat(data["created_at"])
     data["created_at"] = created if created.tzinfo else created.replace(tzinfo=dt.UTC)
-    if data.get("cost_usd") is not None:
-        data["cost_usd"] = Decimal(data["cost_usd"])
+    for key in ("cost_usd", "billed_cost_usd", "discount"):
+        if data.get(key) is not None:
+            data[key] = Decimal(data[key])
     if not isinstance(data.get("operation_id"), str) or not isinstance(data.get("record_id", ""), str):
         raise TypeError("operation_id and record_id must be strings")
     return UsageRecord(**data)

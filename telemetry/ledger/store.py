@@ -24,10 +24,18 @@ import psycopg
 from sqlalchemy import Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..finance.hourly import HOURLY_DIMS, HOURLY_SUMS, hourly_increments
 from ..record import CALLER_ENDED, UsageRecord, is_service_error
 from .db import ensure_partitions
 from .faults import TRANSIENT, classify
-from .models import COST_SCALE, LATENCY_BUCKETS_MS, UsageDailyLatencyRow, UsageDailyRow, UsageRecordRow
+from .models import (
+    COST_SCALE,
+    LATENCY_BUCKETS_MS,
+    UsageDailyLatencyRow,
+    UsageDailyRow,
+    UsageHourlyRow,
+    UsageRecordRow,
+)
 
 RECORD_COLUMNS = [c.name for c in UsageRecordRow.__table__.columns]
 _COLS = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)  # quoted: "user" is reserved on PostgreSQL
@@ -282,6 +290,7 @@ class LedgerStore:
         daily, latency = rollup_increments(records)
         self._upsert_add(conn, UsageDailyRow.__table__, DAILY_DIMS, DAILY_SUMS, daily)
         self._upsert_add(conn, UsageDailyLatencyRow.__table__, ("day", "deployment", "bucket"), ("count",), latency)
+        self._upsert_add(conn, UsageHourlyRow.__table__, HOURLY_DIMS, HOURLY_SUMS, hourly_increments(records))
 
     def _upsert_add(self, conn: Any, table: Any, keys: Sequence[str], sums: Sequence[str],
                     rows: list[dict[str, Any]]) -> None:

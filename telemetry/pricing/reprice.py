@@ -19,6 +19,8 @@ from typing import Any
 from sqlalchemy import Engine, String, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..finance.discount import billed_cost
+from ..finance.hourly import add_reprice_delta, upsert_hourly_deltas
 from ..ledger.models import COST_SCALE, UsageDailyRow, UsageRecordRow
 from ..ledger.store import DAILY_DIMS, tags_key
 from ..record import UsageRecord
@@ -27,7 +29,7 @@ from .table import PriceTable
 _COLUMNS = ("id", "created_at", "operation_id", "attempt", "operation", "deployment", "model", "team", "project",
             "user", "tags", "input_tokens", "output_tokens", "cache_creation_input_tokens",
             "cache_creation_5m_input_tokens", "cache_creation_1h_input_tokens", "cache_read_input_tokens",
-            "web_search_requests", "cost_usd")
+            "web_search_requests", "cost_usd", "resource", "billed_cost_usd", "discount")
 _TOKEN_FIELDS = _COLUMNS[11:18]
 
 
@@ -108,6 +110,7 @@ def reprice(engine: Engine, table: PriceTable, since: dt.date, until: dt.date, *
             if not rows:
                 break
             deltas: dict[tuple[Any, ...], list[int]] = {}
+            hourly: dict[tuple[Any, ...], list[int]] = {}  # usage_hourly moves too (telemetry.finance)
             for row in rows:
                 old = row.cost_usd
                 new = table.cost(_record(row))
@@ -125,7 +128,10 @@ def reprice(engine: Engine, table: PriceTable, since: dt.date, until: dt.date, *
                     where = [t.c.id == row.id, _same_cost(t.c.cost_usd, row, text)]
                     if not text:  # PostgreSQL: the partition key too, so only one day's partition is touched
                         where.append(t.c.created_at == row.created_at)
-                    done = conn.execute(update(t).where(*where).values(cost_usd=new)).rowcount
+                    # billed at the row's own discount: a re-price never changes the contract it was billed under
+                    billed = None if row.discount is None else billed_cost(new, row.discount)
+                    done = conn.execute(update(t).where(*where).values(cost_usd=new, billed_cost_usd=billed)
+                                        ).rowcount
                     if done != 1:  # changed under us: it keeps what it has, the totals stay consistent
                         result.skipped += 1
                         result.after_usd += old or 0
@@ -134,12 +140,15 @@ def reprice(engine: Engine, table: PriceTable, since: dt.date, until: dt.date, *
                 result.changed += 1
                 result.after_usd += new or 0
                 result.unpriced_after += new is None
+                if not dry_run:
+                    add_reprice_delta(hourly, row, old, new, row.billed_cost_usd, billed)
                 delta = deltas.setdefault(_daily_key(row), [0, 0])
                 delta[0] += _e10(new) - _e10(old)
                 delta[1] += (new is None) - (old is None)
             if deltas and not dry_run:
                 conn.execute(upsert, [{**dict(zip(DAILY_DIMS, key, strict=True)), "cost_e10": c, "unpriced": u}
                                       for key, (c, u) in deltas.items()])
+                upsert_hourly_deltas(conn, engine.dialect.name, hourly)
             days.update(key[0] for key in deltas)
             last = rows[-1]
             cursor = last.id

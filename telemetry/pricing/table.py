@@ -29,7 +29,7 @@ QUANTUM = Decimal("1e-10")  # costs are kept to 1e-10 USD so that sums in SQL st
 ZERO = Decimal(0).quantize(QUANTUM)
 _DATE_SUFFIX = re.compile(r"-(\d{8})$")
 RATE_KEYS = ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output")
-_TOP_KEYS = ("meta", "models", "deployments")
+_TOP_KEYS = ("meta", "models", "deployments", "discounts")  # [discounts]: telemetry.finance reads it
 _META_KEYS = ("web_search_per_1000", "web_search_source", "web_search_checked", "source", "checked", "note")
 _MODEL_KEYS = (*RATE_KEYS, "aliases", "source", "checked", "effective", "retirement", "long_context", "rates",
                "note")
