@@ -76,6 +76,9 @@ class GatewayServer:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             self._sock.bind((host, port))
+            # listening from here on: a client that connects before uvicorn's loop is up waits in the backlog
+            # instead of being refused (the CLI prints its URL before serve_forever starts the loop)
+            self._sock.listen(4096)
         except OSError as exc:
             self._sock.close()
             raise GatewayError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
