@@ -179,8 +179,9 @@ def _add_billed(engine: Engine, report: Report) -> None:
     had every row in it billed at list)."""
     t = UsageHourlyRow.__table__
     start = dt.datetime.combine(report.since, dt.time(), dt.UTC)
-    end = dt.datetime.combine(report.until + dt.timedelta(days=1), dt.time(), dt.UTC)
-    window = (t.c.hour >= start, t.c.hour < end)
+    window = [t.c.hour >= start]
+    if report.until < dt.date.max:  # --until 9999-12-31 has no next day
+        window.append(t.c.hour < dt.datetime.combine(report.until + dt.timedelta(days=1), dt.time(), dt.UTC))
     with engine.connect() as conn:
         cost, billed, discounted = conn.execute(select(
             func.coalesce(func.sum(t.c.cost_e10), 0), func.coalesce(func.sum(t.c.billed_e10), 0),
