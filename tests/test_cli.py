@@ -59,7 +59,7 @@ def test_report_csv_totals_equal_ledger_sums(seeded):
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert list(rows[0]) == ["team", "project", "requests", "errors", "input_tokens", "output_tokens",
                              "cache_creation_input_tokens", "cache_read_input_tokens", "cost_usd", "unpriced",
-                             "count_tokens_requests"]
+                             "count_tokens_requests", "billed_usd", "discount_usd", "ccus"]
     body, total = rows[:-1], rows[-1]
     records = [make_record(i) for i in range(30)]
     expected_cost = sum(Decimal(f"0.{i + 1:04d}") for i in range(30)) + Decimal("1.5")

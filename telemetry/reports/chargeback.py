@@ -1,5 +1,6 @@
-"""Chargeback: cost and usage grouped by any dimensions, read from `usage_daily` only, so totals are the
-same before and after retention and the time does not grow with the number of raw rows."""
+"""Chargeback: cost and usage grouped by any dimensions, read from the rollups only (`usage_daily` for usage
+and list cost, `usage_hourly` for billed cost), so totals are the same before and after retention and the time
+does not grow with the number of raw rows."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from ..ledger.models import COST_SCALE, UsageDailyRow
+from ..finance.discount import ccus
+from ..ledger.models import COST_SCALE, UsageDailyRow, UsageHourlyRow
 from ..numbers import plain
 
 DIMENSIONS = ("team", "project", "user", "deployment", "model", "day", "month")
 COUNTERS = ("requests", "errors", "rate_limited", "server_errors", "input_tokens", "output_tokens",
             "cache_creation_input_tokens", "cache_read_input_tokens", "unpriced",
             "count_tokens_requests", "count_tokens_input_tokens")  # free token counting, apart from billed
+HOURLY_KEYS = ("team", "project", "deployment", "model")  # --by keys usage_hourly holds (plus day and month)
 
 
 class ReportError(ValueError):
@@ -66,17 +69,33 @@ class Row:
     count_tokens_requests: int = 0
     count_tokens_input_tokens: int = 0
     cost_e10: int = 0
+    billed_e10: int | None = None  # after the contractual discount, from usage_hourly; None: not known exactly
 
     @property
     def cost_usd(self) -> Decimal:
         return Decimal(self.cost_e10).scaleb(-COST_SCALE)
+
+    @property
+    def billed_usd(self) -> Decimal | None:
+        return None if self.billed_e10 is None else Decimal(self.billed_e10).scaleb(-COST_SCALE)
+
+    @property
+    def discount_usd(self) -> Decimal | None:
+        return None if self.billed_e10 is None else Decimal(self.cost_e10 - self.billed_e10).scaleb(-COST_SCALE)
+
+    @property
+    def ccus(self) -> Decimal | None:
+        billed = self.billed_usd
+        return None if billed is None else ccus(billed)
 
     def add(self, other: dict[str, Any]) -> None:
         for name in (*COUNTERS, "cost_e10"):
             setattr(self, name, getattr(self, name) + int(other[name] or 0))
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.keys, **{k: getattr(self, k) for k in COUNTERS}, "cost_usd": plain(self.cost_usd)}
+        return {**self.keys, **{k: getattr(self, k) for k in COUNTERS}, "cost_usd": plain(self.cost_usd),
+                "billed_usd": plain(self.billed_usd), "discount_usd": plain(self.discount_usd),
+                "ccus": plain(self.ccus)}
 
 
 @dataclass
@@ -88,6 +107,11 @@ class Report:
     total: Row
     forecast_usd: Decimal | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def discounted(self) -> bool:
+        """Some billed cost differs from list (or is unknown): the table then shows billed, discount and CCUs."""
+        return any(r.billed_e10 != r.cost_e10 for r in [*self.rows, self.total])
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +161,7 @@ def chargeback(engine: Engine, since: dt.date, until: dt.date, by: list[str],
     if any(d in ("day", "month") for d in by):
         rows.sort(key=lambda r: tuple(r.keys.values()))
     report = Report(since, until, by, rows, total)
+    _add_billed(engine, report)
     report.forecast_usd = forecast(report, today or dt.datetime.now(dt.UTC).date())
     if total.unpriced:
         report.notes.append(f"{total.unpriced} requests have no price (unknown model): their cost is not included")
@@ -144,6 +169,63 @@ def chargeback(engine: Engine, since: dt.date, until: dt.date, by: list[str],
         report.notes.append(f"{total.count_tokens_requests} count_tokens calls ({total.count_tokens_input_tokens:,} "
                             "tokens counted) are free and not in calls, tokens or cost")
     return report
+
+
+def _add_billed(engine: Engine, report: Report) -> None:
+    """Billed cost per row and in the total, exactly from `usage_hourly` over the same UTC days. A group whose
+    hourly list cost differs from its daily one (hourly totals missing for rows purged before they existed) is
+    left empty rather than guessed; so are keys usage_hourly lacks (user, tag:NAME), unless no row in the window
+    has a discount — then billed equals list exactly (a discount is never negative, so an hour billed at list
+    had every row in it billed at list)."""
+    t = UsageHourlyRow.__table__
+    start = dt.datetime.combine(report.since, dt.time(), dt.UTC)
+    window = [t.c.hour >= start]
+    if report.until < dt.date.max:  # --until 9999-12-31 has no next day
+        window.append(t.c.hour < dt.datetime.combine(report.until + dt.timedelta(days=1), dt.time(), dt.UTC))
+    with engine.connect() as conn:
+        cost, billed, discounted = conn.execute(select(
+            func.coalesce(func.sum(t.c.cost_e10), 0), func.coalesce(func.sum(t.c.billed_e10), 0),
+            func.count().filter(t.c.cost_e10 != t.c.billed_e10)).where(*window)).one()
+        exact = all(d in (*HOURLY_KEYS, "day", "month") for d in report.by)
+        grouped: dict[tuple[str, ...], list[int]] = {}
+        if exact:
+            dims = [d for d in HOURLY_KEYS if d in report.by]
+            cols = [t.c[d] for d in dims] + ([t.c.hour] if {"day", "month"} & set(report.by) else [])
+            stmt = (select(*cols, func.sum(t.c.cost_e10), func.sum(t.c.billed_e10)).where(*window)
+                    .group_by(*cols))
+            for rec in conn.execute(stmt):
+                values = dict(zip(dims, rec, strict=False))
+                if len(cols) > len(dims):
+                    hour = rec[len(dims)]
+                    day = (hour if hour.tzinfo else hour.replace(tzinfo=dt.UTC)).astimezone(dt.UTC).date()
+                    values["day"], values["month"] = day.isoformat(), day.isoformat()[:7]
+                key = tuple(values[d] if d in ("day", "month") else _label(values[d], d) for d in report.by)
+                sums = grouped.setdefault(key, [0, 0])
+                sums[0] += int(rec[-2] or 0)
+                sums[1] += int(rec[-1] or 0)
+    covered = int(cost) == report.total.cost_e10
+    report.total.billed_e10 = int(billed) if covered else None
+    missing = 0
+    for row in report.rows:
+        if exact:
+            sums = grouped.get(tuple(row.keys[d] for d in report.by))
+            row.billed_e10 = sums[1] if sums is not None and sums[0] == row.cost_e10 else None
+        else:
+            row.billed_e10 = row.cost_e10 if covered and not discounted else None
+        missing += row.billed_e10 is None
+    if not covered:
+        report.notes.append("billed USD, discount and CCUs are left empty where usage_hourly does not hold the "
+                            "same list cost as usage_daily (hourly totals start at the upgrade that added them; "
+                            "rows purged before it are in neither)")
+    elif missing and not exact:
+        keys = ", ".join(d for d in report.by if d not in (*HOURLY_KEYS, "day", "month"))
+        report.notes.append(f"billed USD, discount and CCUs per {keys} are left empty: the billed ledger "
+                            "(usage_hourly) has no such key and the window has a discount, which cannot be split "
+                            "exactly (each row's billed cost is rounded on its own); the TOTAL is exact, and "
+                            "--by team, project, deployment, model, day or month gives them per group")
+    elif missing:
+        report.notes.append(f"billed USD, discount and CCUs are left empty for {missing} groups whose hourly list "
+                            "cost differs from usage_daily's")
 
 
 def forecast(report: Report, today: dt.date) -> Decimal | None:

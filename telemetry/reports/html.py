@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from html import escape
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -118,6 +119,13 @@ def _empty(chart_id: str, title: str) -> str:
             "<p>No data in this period.</p></figure>")
 
 
+def _html_cell(row: Any, d: dict[str, Any], name: str) -> str:
+    if name in ("cost_usd", "billed_usd", "discount_usd", "ccus"):
+        value = getattr(row, name)
+        return "—" if value is None else money(value, 4, "") if name == "ccus" else _money(value)
+    return f"{d[name]:,}"
+
+
 def _table(report: Report) -> str:
     head = "".join(f"<th>{escape(c)}</th>" for c in (*report.by, *CSV_COLUMNS))
     body = []
@@ -125,8 +133,7 @@ def _table(report: Report) -> str:
         d = row.as_dict()
         cls = ' class="total"' if row is report.total else ""
         cells = [f"<td>{escape(row.keys[k])}</td>" for k in report.by]
-        cells += [f'<td class="num">{escape(_money(row.cost_usd) if c == "cost_usd" else f"{d[c]:,}")}</td>'
-                  for c in CSV_COLUMNS]
+        cells += [f'<td class="num">{escape(_html_cell(row, d, c))}</td>' for c in CSV_COLUMNS]
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 

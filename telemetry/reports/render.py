@@ -17,7 +17,8 @@ from ..numbers import money
 from .chargeback import Report
 
 CSV_COLUMNS = ("requests", "errors", "input_tokens", "output_tokens", "cache_creation_input_tokens",
-               "cache_read_input_tokens", "cost_usd", "unpriced", "count_tokens_requests")
+               "cache_read_input_tokens", "cost_usd", "unpriced", "count_tokens_requests",
+               "billed_usd", "discount_usd", "ccus")  # finance columns appended: existing imports keep their places
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -32,7 +33,8 @@ def to_csv(report: Report) -> str:
     writer.writerow([*report.by, *CSV_COLUMNS])
     for row in [*report.rows, report.total]:
         d = row.as_dict()
-        writer.writerow([*(safe_cell(row.keys[k]) for k in report.by), *(d[c] for c in CSV_COLUMNS)])
+        writer.writerow([*(safe_cell(row.keys[k]) for k in report.by), *("" if d[c] is None else d[c]
+                                                                          for c in CSV_COLUMNS)])
     return buf.getvalue()
 
 
@@ -56,16 +58,29 @@ NUMERIC = (("requests", "calls"), ("cost_usd", "USD"), ("unpriced", "unpriced"),
            ("cache_creation_input_tokens", "cache wr"))
 SHOWN = ("requests", "errors", "input_tokens", "output_tokens", "cache_creation_input_tokens",
          "cache_read_input_tokens", "cost_usd", "unpriced")  # left-to-right order on screen
+# with a discount somewhere: billed right after USD in importance, discount and CCUs after unpriced
+FINANCE_NUMERIC = (*NUMERIC[:2], ("billed_usd", "billed USD"), NUMERIC[2], ("discount_usd", "discount"),
+                   ("ccus", "CCUs"), *NUMERIC[3:])
+FINANCE_SHOWN = (*SHOWN[:7], "discount_usd", "billed_usd", "ccus", "unpriced")
+HEADERS = dict(FINANCE_NUMERIC)
+
+
+def _columns(report: Report) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """Without any discount the table stays as it was (billed == list adds nothing but width)."""
+    return (FINANCE_NUMERIC, FINANCE_SHOWN) if report.discounted else (NUMERIC, SHOWN)
 
 
 def _cell(row: Any, name: str) -> str:
-    return _money(row.cost_usd) if name == "cost_usd" else _count(getattr(row, name))
+    if name in ("cost_usd", "billed_usd", "discount_usd", "ccus"):
+        value = getattr(row, name)
+        return NULL if value is None else money(value, 4, "") if name == "ccus" else _money(value)
+    return _count(getattr(row, name))
 
 
 def _table(report: Report, columns: list[str], title: str, stacked: bool) -> Table:
     """Names and numbers whole (never folded, never cut); headers may wrap at their spaces. `stacked` puts
     the grouping keys of a row under each other in one cell, for terminals too narrow to set them side by side."""
-    headers = dict(NUMERIC)
+    headers = HEADERS
     table = Table(title=title, show_footer=True, box=box.SIMPLE_HEAD, pad_edge=False, show_lines=stacked)
     key_columns = [report.by] if stacked else [[k] for k in report.by]
     for keys in key_columns:
@@ -85,10 +100,11 @@ def _table(report: Report, columns: list[str], title: str, stacked: bool) -> Tab
 
 def _candidates(report: Report) -> list[tuple[int, bool]]:
     """(how many numeric columns, stacked keys), most informative first; calls and USD always stay."""
-    side = [(n, False) for n in range(len(NUMERIC), 1, -1)]
+    count = len(_columns(report)[0])
+    side = [(n, False) for n in range(count, 1, -1)]
     if len(report.by) == 1:
         return side
-    return [*side[:4], *((n, True) for n in range(len(NUMERIC), 1, -1)), *side[4:]]
+    return [*side[:4], *((n, True) for n in range(count, 1, -1)), *side[4:]]
 
 
 def to_table(report: Report, console: Console) -> None:
@@ -96,12 +112,13 @@ def to_table(report: Report, console: Console) -> None:
     per group; what was left out is said under the table."""
     title = f"Chargeback {report.since} → {report.until}"
     wide = console.options.update_width(1_000_000)
+    numeric, shown = _columns(report)
     for count, stacked in _candidates(report):
-        chosen = [name for name, _ in NUMERIC[:count]]
-        table = _table(report, [n for n in SHOWN if n in chosen], title, stacked)
+        chosen = [name for name, _ in numeric[:count]]
+        table = _table(report, [n for n in shown if n in chosen], title, stacked)
         if Measurement.get(console, wide, table).maximum <= console.width:
             console.print(table)
-            hidden = [dict(NUMERIC)[n] for n in SHOWN if n not in chosen]
+            hidden = [HEADERS[n] for n in shown if n not in chosen]
             if hidden:
                 console.print(f"[dim]({', '.join(hidden)} left out at {console.width} columns; "
                               "--format csv or json has every column)[/dim]")
@@ -120,7 +137,7 @@ def _to_lines(report: Report, console: Console, title: str) -> None:
     for row in [*report.rows, report.total]:
         label = "TOTAL" if row is report.total else " · ".join(row.keys[k] for k in report.by)
         console.print(label, markup=False, highlight=False, soft_wrap=_longest_word(label) > console.width)
-        pairs = " ".join(f"{dict(NUMERIC)[n].replace(' ', '_')}={_cell(row, n)}" for n in SHOWN)
+        pairs = " ".join(f"{HEADERS[n].replace(' ', '_')}={_cell(row, n)}" for n in _columns(report)[1])
         console.print(pairs, markup=False, highlight=False)
 
 
