@@ -342,8 +342,11 @@ def kill_while_writing(url: str, emulator: Any, spool: Path, seconds: float = 1.
     window_ms = (killed_at - min(t for t, _ in lost)) * 1000 if lost else 0.0
     kept = [t for t, rid in returned if rid in have]
     newest_kept_ms = (killed_at - max(kept)) * 1000 if kept else None  # the youngest call that survived
+    # one calling thread: calls return (and their records reach the journal) in order, so what a kill may
+    # lose is the newest calls only; the number of calls lost that are older than a kept one is a hole
+    holes = sum(1 for t, rid in lost if kept and t < max(kept))
     return {"returned": len(returned), "lost": len(lost), "window_ms": window_ms, "rows": len(have),
-            "newest_kept_ms": newest_kept_ms}
+            "newest_kept_ms": newest_kept_ms, "holes": holes}
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -358,12 +361,66 @@ def test_sigkill_loses_only_the_last_moments(backend, emulator, tmp_path):
     # batches wait 0.5 s, so without the journal ~1/3 of the calls would be gone; with it, at most the
     # calls of the last moments before the kill (the README gives the measured window; no timing assert here)
     assert result["returned"] >= 20
+    assert result["holes"] == 0, result  # nothing lost from the middle (a segment gone before its commit)
     assert result["lost"] <= max(5, result["returned"] // 20), result
     served = {s["request-id"] for s in emulator.emulator.served[before:]}
     got = assert_ledger_exact(url)
     assert {r.request_id for r in got} <= served  # nothing invented; attempts in flight at the kill may be missing
     assert not list((tmp_path / "spool").glob("*.jsonl"))
     assert not list((tmp_path / "spool" / "journal").glob("*.jnl"))
+
+
+def test_recovery_never_takes_a_segment_its_writer_is_opening(tmp_path, monkeypatch):
+    """A writer's recovery (its own or another process's) running at the instant the pipeline creates the
+    next segment, before the lock is taken, must not take that segment: it used to find it empty, unlink it,
+    and every record then journaled into it was gone after a SIGKILL (the records in the MIDDLE)."""
+    from telemetry.ledger import journal as journal_mod
+    from telemetry.ledger.journal import Journal, recover
+    from telemetry.ledger.spool import Spool
+
+    from .helpers import make_record
+
+    spool = Spool(tmp_path / "spool")
+    journal = Journal(spool.directory / "journal")
+    real_flock = journal_mod.fcntl.flock
+    raced: list[int] = []
+
+    def flock(fd: int, op: int) -> None:  # the other thread's recovery runs just before the journal locks
+        if not raced:
+            raced.append(-1)  # once: the recovery's own claims lock too
+            raced[0] = recover(journal.directory, spool)
+        real_flock(fd, op)
+
+    monkeypatch.setattr(journal_mod.fcntl, "flock", flock)
+    records = [make_record(i) for i in range(5)]
+    for r in records:
+        journal.add(r)
+    journal.sync()
+    monkeypatch.setattr(journal_mod.fcntl, "flock", real_flock)
+    assert raced == [0]
+    assert recover(journal.directory, spool) == 0  # held by its live writer
+    journal.seal()
+    for seg in journal.sealed:  # the process dies: its locks go, its segments stay
+        seg.close()
+    assert recover(journal.directory, spool) == 5
+    assert sorted(r.request_id for f in spool.files() for r in spool.read(f)) == [r.request_id for r in records]
+    assert not list(journal.directory.iterdir())
+
+
+def test_a_segment_left_half_created_is_removed_once_stale(tmp_path):
+    from telemetry.ledger.journal import _HEADER, NEW_SUFFIX, recover
+    from telemetry.ledger.spool import STALE_TMP_S, Spool
+
+    spool = Spool(tmp_path / "spool")
+    folder = spool.directory / "journal"
+    folder.mkdir(parents=True)
+    old, fresh = folder / f"1-1-000000.jnl{NEW_SUFFIX}", folder / f"2-1-000001.jnl{NEW_SUFFIX}"
+    old.write_bytes(_HEADER)
+    fresh.write_bytes(b"")
+    os.utime(old, (time.time() - STALE_TMP_S - 5,) * 2)
+    assert recover(folder, spool) == 0
+    assert sorted(p.name for p in folder.iterdir()) == [fresh.name]  # a fresh one may be a writer at work
+    assert not spool.files()
 
 
 def test_sigterm_mid_loop_loses_nothing(emulator, tmp_path):

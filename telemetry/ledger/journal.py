@@ -6,7 +6,9 @@ The pipeline thread `add`s records (buffered in user space) and `sync`s once per
 (fsync, then a new segment) and `discard`s sealed segments once every record in them is durable in the
 ledger or the spool. Each live segment is held under an exclusive `flock`, which the kernel drops when the
 process dies however it dies; the next writer on the ledger `recover`s segments nobody holds into the spool,
-from where they replay idempotently (`record_id` is the primary key).
+from where they replay idempotently (`record_id` is the primary key). A segment is created under a `.new`
+name and renamed to `.jnl` only once locked, so recovery never mistakes a live writer's new segment for a
+dead one's.
 
 Lines are compact JSON arrays in the order of the segment's header line, so a journal written by another
 version still maps values to the right fields.
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..record import UsageRecord
-from .spool import Spool, claimed, read_fd
+from .spool import STALE_TMP_S, Spool, claimed, read_fd
 
 try:
     import fcntl
@@ -43,6 +45,7 @@ _HEADER = (json.dumps({"journal": 1, "fields": FIELDS}, separators=(",", ":")) +
 _CREATED = FIELDS.index("created_at")
 _COST = FIELDS.index("cost_usd")
 _seq = itertools.count()
+NEW_SUFFIX = ".new"  # a segment being created: not yet locked and headed, so never recovered
 
 
 @dataclass
@@ -118,12 +121,26 @@ class Journal:
             self.sealed.clear()
 
     def _open(self) -> Segment:
+        """Create, lock and head the segment under a name `recover` ignores, then rename it into place:
+        a `.jnl` is never visible unlocked while its writer lives. (Created under its final name, a
+        recovery running between the create and the `flock` claimed the empty file and unlinked it, and
+        every record of that segment then went to a file nobody could find after a SIGKILL.)"""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{time.time_ns():020d}-{os.getpid()}-{next(_seq):06d}.jnl"
-        fh = open(path, "ab", buffering=1 << 16)  # noqa: SIM115 - lives as long as the segment
-        if fcntl is not None:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fh.write(_HEADER)
+        new = path.with_name(path.name + NEW_SUFFIX)
+        fh = open(new, "xb", buffering=1 << 16)  # noqa: SIM115 - lives as long as the segment
+        try:
+            if fcntl is not None:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fh.write(_HEADER)
+            fh.flush()  # a recovery never finds a segment without its header
+            os.rename(new, path)  # same inode, still locked
+        except BaseException:
+            with contextlib.suppress(OSError):
+                fh.close()
+            with contextlib.suppress(OSError):
+                new.unlink()
+            raise
         self._current = Segment(path, fh)
         return self._current
 
@@ -162,9 +179,11 @@ def parse_segment(data: bytes) -> tuple[list[UsageRecord], list[bytes]]:
 def recover(directory: Path, spool: Spool) -> int:
     """Move the records of journal segments no live writer holds into the spool; returns how many."""
     try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(".jnl"))
+        entries = os.listdir(directory)
     except OSError:
         return 0
+    names = sorted(n for n in entries if n.endswith(".jnl"))
+    _clean_stale_new(directory, [n for n in entries if n.endswith(".jnl" + NEW_SUFFIX)])
     moved = 0
     for name in names:
         path = directory / name
@@ -182,3 +201,16 @@ def recover(directory: Path, spool: Spool) -> int:
     if moved:
         log.warning("foundry-telemetry: recovered %d usage records from the journal of a writer that died", moved)
     return moved
+
+
+def _clean_stale_new(directory: Path, names: list[str]) -> None:
+    """Segments whose writer died while creating them: they hold at most a header (records are added only
+    after the rename), so removing them loses nothing; a fresh one may be a live writer creating it now."""
+    now = time.time()
+    for name in names:
+        path = directory / name
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime > STALE_TMP_S:
+                with claimed(path) as fd:
+                    if fd is not None:
+                        path.unlink()
