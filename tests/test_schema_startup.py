@@ -7,7 +7,8 @@ import subprocess
 import sys
 import time
 
-from sqlalchemy import create_engine, inspect
+import pytest
+from sqlalchemy import create_engine, inspect, text
 
 from telemetry import Telemetry
 from telemetry.ledger.db import ensure_schema, head_revisions, upgrade
@@ -65,3 +66,26 @@ def test_ledger_behind_head_is_still_upgraded(tmp_path):
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == head
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_replicas_upgrading_one_fresh_postgres_ledger_at_once_all_succeed():
+    """N processes (gateway replicas, app workers) start together on an empty database: one runs the
+    migrations, the others wait on the advisory lock and find the schema at head — none fails."""
+    from .conftest import fresh_pg_url
+
+    url = fresh_pg_url()
+    script = ("import sys, time; from telemetry.ledger.db import upgrade; "
+              "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); upgrade(sys.argv[1]); print('ok')")
+    start_at = time.time() + 3.0  # the imports done, all four upgrade in the same instant
+    procs = [subprocess.Popen([sys.executable, "-c", script, url, str(start_at)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-500:] for _, err in results]
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            versions = set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    finally:
+        engine.dispose()
+    assert versions == set(head_revisions())

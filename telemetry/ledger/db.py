@@ -15,6 +15,7 @@ from sqlalchemy.exc import ArgumentError
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 _upgrade_lock = threading.Lock()
+_UPGRADE_LOCK_KEY = 0x466F756E64727954  # "FoundryT": the advisory lock every ledger upgrade takes on PostgreSQL
 _upgraded: set[str] = set()
 
 
@@ -101,6 +102,10 @@ def upgrade(url: str, revision: str = "head") -> None:
     # Alembic's `context` and `op` are module-level proxies: two ledgers upgrading at once in one process
     # (writer threads start together) would run each other's migrations
     with _upgrade_lock, get_engine(url).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # and across processes (replicas starting together): one upgrades, the others wait, then find the
+            # schema at head; the lock ends with this transaction. SQLite: BEGIN IMMEDIATE already serialises
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _UPGRADE_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
     if revision == "head":
