@@ -140,7 +140,7 @@ def report(
     """Chargeback report from the daily rollups (totals survive retention)."""
     from .reports.chargeback import chargeback, parse_by
     from .reports.period import parse_period
-    from .reports.render import to_csv, to_json, to_table
+    from .reports.render import to_csv, to_json, to_table, write_out
 
     if fmt not in ("table", "csv", "json", "html"):
         raise CliError(f"unknown --format {fmt!r}; choose table, csv, json or html")
@@ -154,11 +154,7 @@ def report(
 
     rep.notes.extend(retired_notes(engine, start, end))
     if fmt == "table":
-        if output:
-            with open(output, "w", encoding="utf-8") as fh:
-                to_table(rep, Console(file=fh, width=160))
-        else:
-            to_table(rep, console)
+        write_out(output, console, err, table=lambda c: to_table(rep, c))
         return
     if fmt == "html":
         from .alerts import load_rules
@@ -170,11 +166,7 @@ def report(
         text = render_html(engine, rep, budget_list, days)
     else:
         text = to_csv(rep) if fmt == "csv" else to_json(rep) + "\n"
-    if output:
-        output.write_text(text, encoding="utf-8")
-        err.print(f"wrote {output}")
-    else:
-        sys.stdout.write(text)
+    write_out(output, console, err, text=text)
 
 
 def _print_lookup(engine: Any, ident: str, fmt: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..reports.render import write_out
 from .reconcile import ClaudeFilter, ReconcileError, load_resource_map, read_export, reconcile
 from .reconcile_output import to_csv, to_json, to_table
 
@@ -58,17 +58,7 @@ def run_reconcile(engine: Any, export: Path, *, tolerance: str, abs_tolerance: s
     rec = reconcile(engine, totals, tolerance=tol, abs_tolerance=abs_tol, resource_map=mapping,
                     since=start, until=end, basis=basis)
     if fmt == "table":
-        if output:
-            with open(output, "w", encoding="utf-8") as fh:
-                to_table(rec, Console(file=fh, width=160))
-        else:
-            to_table(rec, console)
+        write_out(output, console, err, table=lambda c: to_table(rec, c))
     else:
-        text = to_json(rec) if fmt == "json" else to_csv(rec)
-        if output:
-            output.write_text(text, encoding="utf-8")
-        else:
-            sys.stdout.write(text)
-    if output:
-        err.print(f"wrote {output}")
+        write_out(output, console, err, text=to_json(rec) if fmt == "json" else to_csv(rec))
     return 1 if rec.beyond_tolerance else 0

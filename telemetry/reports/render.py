@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
+from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from rich import box
@@ -40,6 +43,24 @@ def to_csv(report: Report) -> str:
 
 def to_json(report: Report) -> str:
     return json.dumps(report.as_dict(), indent=2)
+
+
+def write_out(output: Path | None, console: Console, err: Console, *,
+              table: Callable[[Console], None] | None = None, text: str | None = None) -> None:
+    """Where a command's result goes: a rich table to the terminal (or to a file at 160 columns), text to
+    stdout (or to a file, said on stderr). One place for every command with `-o FILE`."""
+    if table is not None:
+        if output:
+            with open(output, "w", encoding="utf-8") as fh:
+                table(Console(file=fh, width=160))
+            err.print(f"wrote {output}")
+        else:
+            table(console)
+    elif output:
+        output.write_text(text or "", encoding="utf-8")
+        err.print(f"wrote {output}")
+    else:
+        sys.stdout.write(text or "")
 
 
 def _money(value: Decimal) -> str:
