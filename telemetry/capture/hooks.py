@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
-from opentelemetry import context as otel_context
+from opentelemetry.context import Context, get_current
 
-from ..context import current_attribution
+from ..context import Attribution, current_attribution
 from .state import AttemptCapture
 from .streams import attach
 
@@ -38,15 +38,19 @@ class Capturer:
         attempt: int,
         body: Mapping[str, Any] | None = None,
         raw_body: bytes | None = None,
+        attribution: Attribution | None = None,
+        otel_context: Context | None = None,
     ) -> AttemptCapture | None:
+        """`attribution` and `otel_context` default to the caller's `usage_context` and current context; the
+        gateway, which has neither in context, passes what the request's headers say."""
         try:
             return AttemptCapture(
                 self._submit,
                 operation_id=operation_id or uuid.uuid4().hex,
                 attempt=attempt,
                 url=url,
-                attribution=current_attribution(),
-                otel_context=otel_context.get_current(),
+                attribution=attribution if attribution is not None else current_attribution(),
+                otel_context=otel_context if otel_context is not None else get_current(),
                 body=body,
                 raw_body=raw_body,
             )
