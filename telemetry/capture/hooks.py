@@ -26,9 +26,11 @@ def is_messages_path(path: str) -> bool:
 class Capturer:
     """Begins attempts and hands finished ones to `submit` (the pipeline). Never raises into the caller."""
 
-    def __init__(self, submit: Callable[[AttemptCapture], None], on_error: Callable[[str, BaseException], None]):
+    def __init__(self, submit: Callable[[AttemptCapture], None], on_error: Callable[[str, BaseException], None],
+                 *, keep_text: bool = False):
         self._submit = submit
         self._on_error = on_error
+        self._keep_text = keep_text  # content capture is on: long streams keep their text as they are scanned
 
     def begin(
         self,
@@ -53,6 +55,7 @@ class Capturer:
                 otel_context=otel_context if otel_context is not None else get_current(),
                 body=body,
                 raw_body=raw_body,
+                keep_text=self._keep_text,
             )
         except Exception as exc:
             self._on_error("capture_begin", exc)
