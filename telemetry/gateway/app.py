@@ -208,5 +208,5 @@ class GatewayApp:
             except Exception:
                 parent = None
         # the operation id is set when the body has been read (it is a digest of it)
-        return self._capturer.begin(url=url, operation_id="", attempt=int(retry) if retry.isdigit() else 0,
+        return self._capturer.begin(url=url, operation_id="pending", attempt=int(retry) if retry.isdigit() else 0,
                                     attribution=attribution, otel_context=parent)

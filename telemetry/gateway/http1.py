@@ -154,7 +154,8 @@ class Exchange:
         pending, self._pending = self._pending, None  # type: ignore[assignment]
         conn.send(self, pending[0] if len(pending) == 1 else b"".join(pending))
 
-    def response_head(self, status: int, head: bytes, conn: UpstreamConnection) -> None:
+    def response_head(self, status: int, head: bytes, conn: UpstreamConnection) -> bytes:
+        """The head as the client gets it (written with the first body bytes, in one write)."""
         self.status = status
         assert self.plan is not None
         self.front.status.upstream(self.plan.upstream.name).answered(status)
@@ -165,7 +166,7 @@ class Exchange:
         if self.capture is not None:
             self.capture.on_response(status, RawHeaders(head), self.capture.request_url)
         self.head_sent = True
-        self.client.write(out)
+        return out
 
     def relay(self, data: bytes, complete: bool) -> None:
         if complete and self.capture is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -56,9 +57,18 @@ class RawHeaders:
         return (k for k, _ in self.multi_items())
 
 
+_HOP_LINE = re.compile(rb"\r\n(?:connection|keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te|"
+                       rb"upgrade)[ \t]*:", re.IGNORECASE)
+_FRAMING = re.compile(rb"\r\n(?:content-length|transfer-encoding)[ \t]*:", re.IGNORECASE)
+
+
 def client_head(head: bytes) -> tuple[bytes, bool]:
     """The upstream's response head as the client gets it (hop-by-hop headers out, everything else in the
     order and case sent), and whether the body is delimited by the connection closing."""
+    if b"\r\n\r\n" in head and _HOP_LINE.search(head) is None:  # the usual case: nothing to take out
+        status = head[9:12]
+        no_body = status[:1] == b"1" or status in (b"204", b"304")
+        return head, not no_body and _FRAMING.search(head) is None
     lines = head.split(b"\r\n")
     drop = HOP_BY_HOP
     framed = False
@@ -87,6 +97,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._head: bytes = b""
         self._head_done = False
         self._cut = 0
+        self._client_head = b""
+        self._capturing = False
+        self._body: list[bytes] = []  # body pieces of the current read, for the capture
         self._complete = False
         self.reusable = True
         self.closed = False
@@ -107,21 +120,28 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_read = self.pool.loop.time()
         try:
             if self._head_done:
-                self.parser.feed_data(data)
-                ex.relay(data, self._complete)
+                self.parser.feed_data(data)  # on_body collects the body for the capture
+                out = data
             else:
                 self._head = buf = self._head + data if self._head else data
                 self.parser.feed_data(data)  # on_headers_complete hands the head over, then on_body the body
-                if self._head_done:
-                    self._head = b""
-                    if len(buf) > self._cut:
-                        ex.relay(buf[self._cut:], self._complete)
+                if not self._head_done:
+                    return
+                self._head = b""
+                out = self._client_head + buf[self._cut:] if len(buf) > self._cut else self._client_head
+                self._client_head = b""
         except httptools.HttpParserError as exc:
             self.reusable = False
             self.exchange = None
             self.close()
             ex.upstream_failed(ConnectionError(f"malformed response: {str(exc)[:200]}"), self)
             return
+        body = self._body
+        if body:  # one capture call per read, however many chunks of the chunked framing it held
+            assert ex.capture is not None
+            ex.capture.on_chunk(body[0] if len(body) == 1 else b"".join(body))
+            body.clear()
+        ex.relay(out, self._complete)  # the head (rewritten) and the bytes as received, in one write
         if self._complete:
             self._done()
 
@@ -160,12 +180,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._cut = end + 4 if end >= 0 else buf.find(b"\n\n") + 2
         ex = self.exchange
         if ex is not None:
-            ex.response_head(self.parser.get_status_code(), buf[:self._cut], self)
+            self._client_head = ex.response_head(self.parser.get_status_code(), buf[:self._cut], self)
+            self._capturing = ex.capture is not None
 
     def on_body(self, body: bytes) -> None:
-        ex = self.exchange
-        if ex is not None and ex.capture is not None:
-            ex.capture.on_chunk(body)
+        if self._capturing:
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
         self._complete = True
@@ -176,6 +196,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = exchange
         self._head = b""
         self._head_done = False
+        self._capturing = False
         self._complete = False
         if self._idle_handle is not None:
             self._idle_handle.cancel()
