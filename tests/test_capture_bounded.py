@@ -119,3 +119,46 @@ def test_records_do_not_depend_on_how_the_body_is_chunked_or_encoded(make_tel):
     deflated = zlib.compress(body)
     assert _record(tel, [deflated[i:i + 8192] for i in range(0, len(deflated), 8192)],
                    {**plain, "content-encoding": "deflate"})[0] == parsed
+
+
+def test_a_slow_client_pauses_the_upstream_and_its_connection_is_reused(make_tel, sqlite_url):
+    """Back-pressure: while a client does not read, the gateway stops reading the upstream (its buffers stay
+    bounded, not the 9 MB the upstream has to send), and the connection goes back to the pool readable."""
+    import socket
+    import time
+
+    parts = big_sse(DELTAS, text="lorem ipsum dolor sit amet, " * 12)
+    tel = make_tel()
+    body = json.dumps(STREAM).encode()
+    request = (b"POST /anthropic/v1/messages HTTP/1.1\r\nhost: x\r\napi-key: k\r\ncontent-type: application/json\r\n"
+               b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    with AppServer(big_app(parts, big_json(100))) as up:
+        gw = GatewayServer(parse_upstreams([f"http://127.0.0.1:{up.port}"]), port=0, telemetry=tel,
+                           max_connections=1).start()
+        try:
+            def slow() -> int:
+                with socket.create_connection(("127.0.0.1", gw.port)) as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                    s.sendall(request)
+                    time.sleep(1.0)  # not reading: the kernel's buffers fill, then the gateway's
+                    got, data = 0, b""
+                    while not data.endswith(b"0\r\n\r\n"):
+                        data = s.recv(65536)
+                        assert data
+                        got += len(data)
+                    return got
+
+            warm = httpx.post(f"{gw.base_url}v1/messages", json=CREATE, headers={"api-key": "k"}, timeout=10)
+            assert warm.status_code == 200
+            tel.flush()  # the ledger's first batch (its imports, the schema) before the measurement
+            peak = _peak(slow)
+            # the one upstream connection (max_connections=1) serves the next call: it was not left paused
+            t0 = time.monotonic()
+            r = httpx.post(f"{gw.base_url}v1/messages", json=CREATE, headers={"api-key": "k"}, timeout=10)
+            assert r.status_code == 200 and time.monotonic() - t0 < 5
+        finally:
+            gw.stop()
+    assert peak < BOUND, peak
+    tel.flush()
+    _, stream_row, json_row = rows(sqlite_url)
+    assert (stream_row.output_tokens, stream_row.error_type) == (DELTAS, None) and json_row.output_tokens == 44

@@ -254,7 +254,8 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._idle: asyncio.TimerHandle | None = None
-        self._paused = False
+        self._paused = False  # our reading paused (a pipelined request waits, or the upstream is slow to take)
+        self.write_paused = False  # the client reads slowly: upstream reads for it are paused
         self.closed = False
 
     # -- asyncio ------------------------------------------------------------------------------------
@@ -293,14 +294,16 @@ class ClientConnection(asyncio.Protocol):
         self._queued.clear()
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         conn = self.exchange.conn if self.exchange is not None else None
-        if conn is not None and conn.transport is not None:
-            conn.transport.pause_reading()
+        if conn is not None:
+            conn.pause()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         conn = self.exchange.conn if self.exchange is not None else None
-        if conn is not None and conn.transport is not None:
-            conn.transport.resume_reading()
+        if conn is not None:
+            conn.resume()
 
     # -- httptools callbacks ------------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -372,6 +375,7 @@ class ClientConnection(asyncio.Protocol):
                 self.resume_reading()
             nxt.go()
             return
+        self.resume_reading()  # paused for an upstream that took the request body slowly: that is over
         if self._parsing is None:
             self._arm_idle()
 

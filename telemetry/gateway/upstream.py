@@ -106,6 +106,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._idle_handle: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._last_read = 0.0
+        self.paused = False  # reading paused: the client reads more slowly than the upstream sends
 
     # -- asyncio ------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -204,7 +205,22 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_read = self.pool.loop.time()
         self._timer = self.pool.loop.call_at(self._last_read + self.pool.read_timeout, self._check_read)
         assert self.transport is not None
+        if exchange.client.write_paused:
+            self.pause()
+        elif self.paused:
+            self.resume()
         self.transport.write(data)
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None and not self.closed:
+            self.paused = False
+            self._last_read = self.pool.loop.time()  # the read timeout counts from here, not from the pause
+            self.transport.resume_reading()
 
     def head_only(self) -> None:
         """A HEAD response: complete at its head whatever it says about a body (so not reused after)."""
@@ -216,7 +232,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         now = self.pool.loop.time()
         due = self._last_read + self.pool.read_timeout
-        if now < due:
+        if now < due or self.paused:  # a paused read is the client's slowness, not the upstream's
+            due = max(due, now + self.pool.read_timeout) if self.paused else due
             self._timer = self.pool.loop.call_at(due, self._check_read)
             return
         ex, self.exchange = self.exchange, None
@@ -345,6 +362,7 @@ class Pool:
         if self._waiting:  # requests wait for another upstream: give them this connection's slot
             conn.close()
             return
+        conn.resume()  # paused by the last write of a slow client's response: idle, it must see an EOF
         self._idle.setdefault(conn.upstream.name, []).append(conn)
         conn.idle()
 
