@@ -864,3 +864,73 @@ def test_postgres_dropped_mid_batch_then_back(tmp_path):
     assert seen.get("ledger_write", 0) + seen.get("ledger_replay", 0) >= 1, seen  # the cut did hit the writer
     got = assert_ledger_exact(url)
     assert len(got) == len(records)
+
+
+@pytest.mark.postgres
+def test_postgres_server_stopped_mid_run_and_mid_batch(emulator, tmp_path):
+    """The ledger's PostgreSQL server itself is stopped (`pg_ctl stop`), not just a connection cut: first under
+    a process calling through the real SDK (fast shutdown: sessions ended with 57P01, then connection refused),
+    then while big batches are being copied (immediate: as a crash). Started again, everything lands once."""
+    import threading
+
+    from telemetry.health import Health
+    from telemetry.ledger.writer import LedgerWriter
+    from telemetry.settings import Settings
+
+    from .helpers import make_record
+    from .pg_server import PgServer
+
+    server = PgServer()
+    try:
+        url = server.url
+        upgrade(url)
+        get_engine(url).dispose()
+        before = len(emulator.emulator.served)
+        child = Child(url, emulator, {"FOUNDRY_TELEMETRY_SPOOL_DIR": str(tmp_path / "spool")})
+        assert child.ask("calls 30 2") == "done 30"
+        assert child.ask("flush") == "flush True"
+        server.stop("fast")
+        assert child.ask("calls 60 3") == "done 60"
+        assert child.ask("flush") == "flush True"  # durable: in the spool
+        health = json.loads(child.ask("health"))
+        assert health.get("ledger_write", 0) + health.get("ledger_connect", 0) >= 1, health
+        assert list((tmp_path / "spool").glob("*.jsonl"))
+        server.start()
+        deadline = time.monotonic() + 30
+        while list((tmp_path / "spool").glob("*.jsonl")) and time.monotonic() < deadline:
+            child.ask("flush")
+            time.sleep(0.2)
+        assert child.ask("calls 10 1") == "done 10"
+        child.exit()
+        served = emulator.emulator.served[before:]
+        assert_ledger_exact(url, served)
+
+        # mid-batch: the server dies while 2,000-row COPYs are in flight
+        writer = LedgerWriter(Settings(db_url=url, spool_dir=str(tmp_path / "spool2"), batch_size=2000,
+                                       batch_interval_s=0.02, queue_size=100_000), Health())
+        records = [make_record(i, team=f"t{i % 9}") for i in range(12_000)]
+        writer.write(records[0])
+        assert writer.flush(30)
+
+        def crash() -> None:
+            time.sleep(0.05)
+            server.stop("immediate")
+            time.sleep(0.5)
+            server.start()
+
+        crasher = threading.Thread(target=crash)
+        crasher.start()
+        for r in records[1:]:
+            writer.write(r)
+        crasher.join()
+        deadline = time.monotonic() + 60
+        while not (writer.flush(30) and not writer.spool.pending()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        writer.close()
+        seen = writer.health.snapshot()
+        assert seen.get("ledger_write", 0) + seen.get("ledger_replay", 0) + seen.get("ledger_connect", 0) >= 1, seen
+        got = assert_ledger_exact(url)
+        assert len(got) == len(served) + len(records)
+        get_engine(url).dispose()
+    finally:
+        server.close()
