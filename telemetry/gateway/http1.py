@@ -308,10 +308,7 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._url = b""
-        self._headers = []
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        self._headers = []  # the idle timer runs on until the head is complete: a dribbling client is closed
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -320,6 +317,9 @@ class ClientConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         parser = self.parser
         keep_alive = parser.should_keep_alive() and not self.front.draining
         headers = self._headers
