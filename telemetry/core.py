@@ -190,7 +190,8 @@ class Telemetry:
             capture_content=self.settings.capture_content, queue_size=self.settings.queue_size,
             discounts=_load_discounts(self.settings, warn),
         )
-        self._capturer = Capturer(self._pipeline.submit, self.health.failed)
+        self._capturer = Capturer(self._pipeline.submit, self.health.failed,
+                                  keep_text=self.settings.capture_content)
         self._middleware = TelemetryMiddleware(self._capturer, self)
         self._closed = False
         _live.add(self)

@@ -93,3 +93,71 @@ class AppServer:
         self._server.should_exit = True
         self._thread.join(5)
         self._sock.close()
+
+
+def big_sse(deltas: int, per_send: int = 200, text: str = "lorem ipsum dolor sit amet, ") -> list[bytes]:
+    """A long stream as Foundry sends it: message_start, `deltas` text deltas sent `per_send` to a chunk
+    (the last chunk splitting an event), message_delta, message_stop."""
+    def sse(event: str, data: dict) -> bytes:
+        return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+    start = sse("message_start", {"type": "message_start", "message": {
+        "id": "msg_big", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+        "content": [], "stop_reason": None, "usage": {"input_tokens": 21, "output_tokens": 1,
+                                                       "cache_read_input_tokens": 5}}})
+    delta = sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                        "delta": {"type": "text_delta", "text": text}})
+    parts = [start + sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                                 "content_block": {"type": "text", "text": ""}})]
+    for i in range(0, deltas, per_send):
+        parts.append(delta * min(per_send, deltas - i))
+    end = sse("content_block_stop", {"type": "content_block_stop", "index": 0}) + sse("message_delta", {
+        "type": "message_delta", "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+        "usage": {"output_tokens": deltas}}) + sse("message_stop", {"type": "message_stop"})
+    parts[-1] += end[:10]  # an event split across two chunks
+    parts.append(end[10:])
+    return parts
+
+
+def big_json(text_bytes: int) -> bytes:
+    """A non-streamed message whose content is `text_bytes` long, with escapes, nested blocks and a
+    tool_use input holding a `usage` key of its own (which must not be taken for the message's)."""
+    text = ("quote \" and \\ backslash, é, \n newline; " * (text_bytes // 40 + 1))[:text_bytes]
+    return json.dumps({"id": "msg_bigjson", "type": "message", "role": "assistant",
+                       "model": "claude-sonnet-4-5-20250929",
+                       "content": [{"type": "text", "text": text},
+                                   {"type": "tool_use", "id": "tu_1", "name": "t",
+                                    "input": {"usage": {"input_tokens": 999}, "deep": [[{"a": "}]"}]]}}],
+                       "stop_reason": "end_turn", "stop_sequence": None,
+                       "usage": {"input_tokens": 33, "output_tokens": 44, "cache_creation_input_tokens": 2}}
+                      ).encode()
+
+
+def big_app(sse_parts: list[bytes], json_body: bytes) -> Any:
+    """An upstream serving `sse_parts` chunk by chunk for stream requests and `json_body` otherwise."""
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        ids = [(b"request-id", b"req_big"), (b"apim-request-id", b"apim-big")]
+        if json.loads(body or b"{}").get("stream"):
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream"), *ids]})
+            for part in sse_parts:
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(json_body)).encode()), *ids]})
+        for i in range(0, len(json_body), 65536):
+            await send({"type": "http.response.body", "body": json_body[i:i + 65536],
+                        "more_body": i + 65536 < len(json_body)})
+
+    return app

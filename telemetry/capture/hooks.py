@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
-from opentelemetry import context as otel_context
+from opentelemetry.context import Context, get_current
 
-from ..context import current_attribution
+from ..context import Attribution, current_attribution
 from .state import AttemptCapture
 from .streams import attach
 
@@ -26,9 +26,11 @@ def is_messages_path(path: str) -> bool:
 class Capturer:
     """Begins attempts and hands finished ones to `submit` (the pipeline). Never raises into the caller."""
 
-    def __init__(self, submit: Callable[[AttemptCapture], None], on_error: Callable[[str, BaseException], None]):
+    def __init__(self, submit: Callable[[AttemptCapture], None], on_error: Callable[[str, BaseException], None],
+                 *, keep_text: bool = False):
         self._submit = submit
         self._on_error = on_error
+        self._keep_text = keep_text  # content capture is on: long streams keep their text as they are scanned
 
     def begin(
         self,
@@ -38,17 +40,22 @@ class Capturer:
         attempt: int,
         body: Mapping[str, Any] | None = None,
         raw_body: bytes | None = None,
+        attribution: Attribution | None = None,
+        otel_context: Context | None = None,
     ) -> AttemptCapture | None:
+        """`attribution` and `otel_context` default to the caller's `usage_context` and current context; the
+        gateway, which has neither in context, passes what the request's headers say."""
         try:
             return AttemptCapture(
                 self._submit,
                 operation_id=operation_id or uuid.uuid4().hex,
                 attempt=attempt,
                 url=url,
-                attribution=current_attribution(),
-                otel_context=otel_context.get_current(),
+                attribution=attribution if attribution is not None else current_attribution(),
+                otel_context=otel_context if otel_context is not None else get_current(),
                 body=body,
                 raw_body=raw_body,
+                keep_text=self._keep_text,
             )
         except Exception as exc:
             self._on_error("capture_begin", exc)

@@ -6,12 +6,12 @@ import asyncio
 import datetime as dt
 import functools
 import json
-import zlib
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..record import UsageRecord
+from .scan import JsonScan, SseScan
 from .state import AttemptCapture
 
 STATUS_ERROR_TYPES = {
@@ -52,22 +52,6 @@ def resource_from_host(host: str | None) -> str | None:
         if host.endswith(suffix):
             return host[: -len(suffix)]
     return host
-
-
-def _decode(body: bytes, encoding: str | None) -> bytes:
-    """Undo gzip/deflate on tee'd wire bytes; a body read by httpx is already decoded and passes through."""
-    encoding = (encoding or "").lower().strip()
-    try:
-        if encoding in ("gzip", "x-gzip") and body[:2] == b"\x1f\x8b":
-            return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body)
-        if encoding == "deflate":
-            try:
-                return zlib.decompress(body)
-            except zlib.error:
-                return zlib.decompress(body, -zlib.MAX_WBITS)
-    except zlib.error:
-        return body
-    return body
 
 
 def _int(value: Any) -> int:
@@ -116,61 +100,9 @@ def _apply_error(record: UsageRecord, payload: Any) -> None:
             record.error_message = error["message"][:500]
 
 
-def iter_sse(body: bytes, times: list[tuple[int, int]]) -> Any:
-    """Yield (event, data, t) for each complete SSE event; `times` maps byte offsets to arrival times."""
-    text_offset = 0
-    ti, nt = 0, len(times)
-    last = times[-1][1] if times else 0
-    for block in body.replace(b"\r\n", b"\n").split(b"\n\n"):
-        end = text_offset + len(block)
-        text_offset = end + 2
-        head, _, rest = block.partition(b"\n")
-        if head.startswith(b"event:") and rest.startswith(b"data:") and b"\n" not in rest:
-            event, data = _event_name(head[6:]), rest[5:].strip()  # the usual shape: one event, one data line
-        else:
-            event = None
-            data_lines = []
-            for line in block.split(b"\n"):
-                if line.startswith(b"event:"):
-                    event = _event_name(line[6:])
-                elif line.startswith(b"data:"):
-                    data_lines.append(line[5:].strip())
-            if event is None and not data_lines:
-                continue
-            data = b"\n".join(data_lines)
-        while ti < nt and times[ti][0] < end:  # events arrive in order: one walk over the chunks in all
-            ti += 1
-        yield event, data, times[ti][1] if ti < nt else last
-
-
-@functools.lru_cache(maxsize=64)
-def _event_name(raw: bytes) -> str:
-    return raw.strip().decode("utf-8", "replace")
-
-
-# the events whose payload the record needs; the others (content_block_start/stop, ping, message_stop) only
-# matter by name, and content deltas only for their arrival time unless content capture is on
-_PARSED_EVENTS = frozenset({"message_start", "message_delta", "error"})
-
-
-def _parse_stream(record: UsageRecord, capture: AttemptCapture, body: bytes, texts: list[str] | None) -> bool:
-    offsets: list[tuple[int, int]] = []
-    total = 0
-    for t, chunk in capture.chunks:
-        total += len(chunk)
-        offsets.append((total, t))
-    completed = False
-    delta_times: list[int] = []
-    for event, data, t in iter_sse(body, offsets):
-        if event == "content_block_delta":
-            delta_times.append(t)
-            if texts is None:
-                continue
-        elif event == "message_stop":
-            completed = True
-            continue
-        elif event not in _PARSED_EVENTS:
-            continue
+def _apply_stream(record: UsageRecord, scan: SseScan, texts: list[str] | None) -> bool:
+    """The kept events of a scanned stream, in order; True when it reached message_stop."""
+    for event, data in scan.events:
         try:
             payload = json.loads(data) if data else {}
         except ValueError:
@@ -190,8 +122,9 @@ def _parse_stream(record: UsageRecord, capture: AttemptCapture, body: bytes, tex
                 texts.append(delta["text"])
         elif event == "error":
             _apply_error(record, payload)
-    record.chunk_gaps_ms = [(b - a) / 1e6 for a, b in zip(delta_times, delta_times[1:], strict=False)]
-    return completed
+    times = scan.delta_times
+    record.chunk_gaps_ms = [(b - a) / 1e6 for a, b in zip(times, times[1:], strict=False)]
+    return scan.completed
 
 
 @functools.lru_cache(maxsize=256)
@@ -246,18 +179,18 @@ def build_record(capture: AttemptCapture, capture_content: bool = False) -> Usag
         record.ttft_ms = (capture.t_first_delta - capture.t0) / 1e6
 
     texts: list[str] | None = [] if capture_content else None
-    chunks = capture.chunks
-    raw = chunks[0][1] if len(chunks) == 1 else b"".join(chunk for _, chunk in chunks)
-    raw = _decode(raw, headers.get("content-encoding"))
-    is_sse = "text/event-stream" in headers.get("content-type", "")
+    scan = capture.body_scan(headers.get("content-type"), headers.get("content-encoding"), capture_content)
+    is_sse = isinstance(scan, SseScan)
     completed = False
-    if is_sse and capture.status_code == 200:
-        completed = _parse_stream(record, capture, raw, texts)
-    elif raw:
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            payload = None
+    if scan.overflow:
+        record.error_type = "unparsed_response"  # too big to keep whole: said, not held
+    if is_sse:
+        if capture.status_code == 200:
+            assert isinstance(scan, SseScan)
+            completed = _apply_stream(record, scan, texts)
+    elif scan.size:
+        assert isinstance(scan, JsonScan)
+        payload = scan.payload()
         if capture.status_code is not None and capture.status_code >= 400:
             _apply_error(record, payload)
         elif isinstance(payload, Mapping):
@@ -266,7 +199,7 @@ def build_record(capture: AttemptCapture, capture_content: bool = False) -> Usag
             else:
                 _apply_message(record, payload, texts)
             completed = True
-        elif capture.status_code == 200:
+        elif capture.status_code == 200 and record.error_type is None:
             record.error_type = "malformed_response"
 
     if capture.exception is not None and record.error_type is None:
@@ -277,7 +210,7 @@ def build_record(capture: AttemptCapture, capture_content: bool = False) -> Usag
     elif record.error_type is None and capture.status_code == 200 and not completed:
         if is_sse:
             record.error_type = "client_closed" if capture.closed_early else "incomplete_stream"
-        elif capture.closed_early and not raw:
+        elif capture.closed_early and not scan.size:
             record.error_type = "client_closed"
 
     if capture_content:

@@ -1,6 +1,7 @@
 """The capture state machine. Runs on the caller's request path, so it only timestamps and keeps
 references (to the body, the response headers, the URL); parsing, pricing and export happen on the
-pipeline thread."""
+pipeline thread. A response body is held only up to `HOLD_BYTES`: past that, the chunks held so far are
+scanned (scan.py) and let go, so a long stream costs the capture its usage events, not its length."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from opentelemetry.context import Context
 
 from ..context import Attribution
+from .scan import HOLD_BYTES, JsonScan, SseScan
 
 log = logging.getLogger("telemetry")
 
@@ -24,7 +26,7 @@ class AttemptCapture:
     __slots__ = (
         "_submit", "operation_id", "attempt", "request_url", "wall_ns", "t0", "attribution", "otel_context",
         "body", "raw_body", "status_code", "response_headers", "url", "t_headers", "t_first_delta", "t_end",
-        "chunks", "exception", "closed_early", "exhausted", "done", "_tail",
+        "chunks", "exception", "closed_early", "exhausted", "done", "_tail", "held", "scan", "keep_text",
     )
 
     def __init__(
@@ -38,6 +40,7 @@ class AttemptCapture:
         otel_context: Context | None,
         body: Mapping[str, Any] | None = None,
         raw_body: bytes | None = None,
+        keep_text: bool = False,
     ) -> None:
         self._submit = submit
         self.operation_id = operation_id
@@ -61,6 +64,9 @@ class AttemptCapture:
         self.exhausted = False
         self.done = False
         self._tail = b""
+        self.held = 0  # bytes in `chunks`
+        self.scan: SseScan | JsonScan | None = None  # set once the body outgrew HOLD_BYTES
+        self.keep_text = keep_text  # content capture is on: an SSE scan keeps the text deltas too
 
     def on_response(self, status_code: int, headers: Any, url: Any = None) -> None:
         self.t_headers = time.perf_counter_ns()
@@ -101,6 +107,32 @@ class AttemptCapture:
                 self.t_first_delta = now
             else:
                 self._tail = data[-32:]
+        self.held += len(data)
+        if self.held > HOLD_BYTES:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Scan what is held and let it go: memory stays bounded however long the body is."""
+        try:
+            if self.scan is None:
+                self.scan = new_scan(self.header("content-type"), self.header("content-encoding"), self.keep_text)
+            for t, chunk in self.chunks:
+                self.scan.feed(t, chunk)
+        except Exception:  # never into the caller: the record says the body could not be parsed
+            log.debug("foundry-telemetry: response scan failed", exc_info=True)
+            self.scan = JsonScan()
+            self.scan.overflow = True
+        self.chunks = []
+        self.held = 0
+
+    def body_scan(self, content_type: str | None, encoding: str | None, capture_content: bool = False
+                  ) -> SseScan | JsonScan:
+        """For the pipeline thread: the whole body scanned (what was still held is fed in now)."""
+        scan = self.scan or new_scan(content_type, encoding, capture_content or self.keep_text)
+        for t, chunk in self.chunks:
+            scan.feed(t, chunk)
+        scan.finish()
+        return scan
 
     def end(self, *, exception: BaseException | None = None, closed_early: bool = False,
             exhausted: bool = False) -> None:
@@ -116,3 +148,9 @@ class AttemptCapture:
             self._submit(self)
         except Exception:  # pragma: no cover - the pipeline's submit is itself total
             log.exception("foundry-telemetry: could not hand over a capture")
+
+
+def new_scan(content_type: str | None, encoding: str | None, keep_text: bool) -> SseScan | JsonScan:
+    if content_type is not None and "text/event-stream" in content_type:
+        return SseScan(encoding, keep_text)
+    return JsonScan(encoding)

@@ -1,0 +1,280 @@
+"""Incremental scanners of a response body: what of it the record needs, in bounded memory whatever its size.
+
+A capture holds the raw chunks of a response only up to `HOLD_BYTES`; past that it feeds them to one of
+these and lets them go (state.py). The pipeline thread feeds the rest at the end (parse.py), so a response
+is scanned by the same code whether it is 1 KiB or 1 GiB, and a short one costs the request path nothing.
+
+- `SseScan`: server-sent events, event by event as they complete; keeps the payloads usage parsing needs
+  (`message_start`, `message_delta`, `error`; content deltas only when content capture is on) and every
+  content delta's arrival time; everything else is dropped as its event ends.
+- `JsonScan`: a JSON body is held whole up to `JSON_CAP` (and parsed with `json.loads`); beyond it, scanned
+  as it passes: the top-level members are kept except `content`, whose value is skipped unkept.
+Both undo gzip/deflate incrementally when the bytes are still encoded.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import zlib
+from array import array
+from typing import Any
+
+HOLD_BYTES = 64 * 1024  # raw response bytes a capture holds before it scans and lets them go
+JSON_CAP = 1024 * 1024  # a JSON body up to this size is parsed whole; above, scanned without content
+MAX_KEPT = 1024 * 1024  # bytes an SSE scan keeps at most (a pending event, kept payloads, kept text)
+_PARSED_EVENTS = frozenset({"message_start", "message_delta", "error"})
+_DELTA_LINE = b"event: content_block_delta\n"
+
+
+class _Inflate:
+    """gzip/deflate undone chunk by chunk; bytes that turn out not to be encoded (a body the HTTP client has
+    already decoded still carries the header) pass through as they are."""
+
+    def __init__(self, encoding: str) -> None:
+        self._gzip = encoding in ("gzip", "x-gzip")
+        self._d: Any = None
+        self._raw = False
+        self._started = False
+
+    def __call__(self, data: bytes) -> bytes:
+        if self._raw:
+            return data
+        if not self._started:
+            self._started = True
+            if self._gzip and data[:2] != b"\x1f\x8b":
+                self._raw = True
+                return data
+            self._d = zlib.decompressobj(16 + zlib.MAX_WBITS if self._gzip else zlib.MAX_WBITS)
+            try:
+                return self._d.decompress(data)
+            except zlib.error:
+                if self._gzip:
+                    self._raw = True
+                    return data
+                self._d = zlib.decompressobj(-zlib.MAX_WBITS)  # deflate without the zlib wrapper
+        try:
+            return self._d.decompress(data)
+        except zlib.error:
+            self._raw = True
+            return data
+
+    def flush(self) -> bytes:
+        if self._raw or self._d is None:
+            return b""
+        try:
+            return self._d.flush()
+        except zlib.error:
+            return b""
+
+
+def inflater(encoding: str | None) -> _Inflate | None:
+    encoding = (encoding or "").lower().strip()
+    return _Inflate(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
+
+
+@functools.lru_cache(maxsize=64)
+def _event_name(raw: bytes) -> str:
+    return raw.strip().decode("utf-8", "replace")
+
+
+class SseScan:
+    __slots__ = ("events", "delta_times", "completed", "overflow", "size", "_pending", "_inflate", "_keep_text",
+                 "_kept", "_t_last")
+
+    def __init__(self, encoding: str | None = None, keep_text: bool = False) -> None:
+        self.events: list[tuple[str, bytes]] = []  # (event, data) of the events whose payload the record needs
+        self.delta_times = array("q")  # arrival (perf_counter_ns) of each content_block_delta: 8 bytes each
+        self.completed = False  # message_stop seen
+        self.overflow = False  # something was too big to keep: the record says so instead of holding it
+        self.size = 0  # body bytes seen (as received)
+        self._pending = b""  # the start of an event not yet complete
+        self._inflate = inflater(encoding)
+        self._keep_text = keep_text
+        self._kept = 0
+        self._t_last = 0
+
+    def feed(self, t: int, data: bytes) -> None:
+        self.size += len(data)
+        self._t_last = t
+        if self._inflate is not None:
+            data = self._inflate(data)
+        if self._pending:
+            data = self._pending + data
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n")
+        blocks = data.split(b"\n\n")
+        pending = blocks.pop()  # after the last blank line: an event still arriving (b"" when none)
+        if len(pending) > MAX_KEPT:  # an "event" this long is not one the record needs: drop it, say so
+            self.overflow = True
+            pending = b""
+        self._pending = pending
+        fast = not self._keep_text
+        for block in blocks:
+            if fast and block.startswith(_DELTA_LINE):  # most events: only their time matters
+                self.delta_times.append(t)
+            elif block:
+                self._block(block, t)
+
+    def finish(self) -> None:
+        """The body ended: an event left without its closing blank line still counts (as a parser of the
+        whole body would read it)."""
+        if self._inflate is not None:
+            tail = self._inflate.flush()
+            if tail:
+                self.feed(self._t_last, tail)
+                self.size -= len(tail)
+        pending, self._pending = self._pending, b""
+        for block in pending.split(b"\n\n"):
+            if block:
+                self._block(block, self._t_last)
+
+    def _block(self, block: bytes, t: int) -> None:
+        head, _, rest = block.partition(b"\n")
+        if head.startswith(b"event:") and rest.startswith(b"data:") and b"\n" not in rest:
+            event, data = _event_name(head[6:]), rest[5:].strip()  # the usual shape: one event, one data line
+        else:
+            event = None
+            lines = []
+            for line in block.split(b"\n"):
+                if line.startswith(b"event:"):
+                    event = _event_name(line[6:])
+                elif line.startswith(b"data:"):
+                    lines.append(line[5:].strip())
+            if event is None:
+                return  # data-only events are dropped by the SDKs too
+            data = b"\n".join(lines)
+        if event == "content_block_delta":
+            self.delta_times.append(t)
+            if not self._keep_text:
+                return
+        elif event == "message_stop":
+            self.completed = True
+            return
+        elif event not in _PARSED_EVENTS:
+            return
+        self._kept += len(data)
+        if self._kept > MAX_KEPT:
+            self.overflow = True
+            return
+        self.events.append((event, data))
+
+
+_STRUCT = re.compile(rb'["{}\[\],]')
+_STR_BODY = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+')  # a string's bytes up to its closing quote (or the end)
+_SKIPPED = frozenset({b"content"})
+
+
+class JsonScan:
+    __slots__ = ("size", "overflow", "_inflate", "_parts", "_held", "_scanning", "_out", "_depth", "_in_str",
+                 "_expect_key", "_key", "_skip", "_carry")
+
+    def __init__(self, encoding: str | None = None) -> None:
+        self.size = 0
+        self.overflow = False
+        self._inflate = inflater(encoding)
+        self._parts: list[bytes] = []
+        self._held = 0
+        self._scanning = False
+        self._out = bytearray()  # the body without its skipped members, once scanning
+        self._depth = 0
+        self._in_str = False
+        self._expect_key = False
+        self._key: bytearray | None = None  # a top-level key being read
+        self._skip = False
+        self._carry = b""
+
+    def feed(self, t: int, data: bytes) -> None:
+        self.size += len(data)
+        if self._inflate is not None:
+            data = self._inflate(data)
+        if self._scanning:
+            self._scan(data)
+            return
+        self._parts.append(data)
+        self._held += len(data)
+        if self._held > JSON_CAP:
+            parts, self._parts = self._parts, []
+            self._scanning = True
+            for part in parts:
+                self._scan(part)
+
+    def finish(self) -> None:
+        if self._inflate is not None:
+            tail = self._inflate.flush()
+            if tail:
+                self.feed(0, tail)
+                self.size -= len(tail)
+
+    def payload(self) -> Any:
+        """The parsed body (content left out if it was scanned), or None when it is not JSON."""
+        if self.overflow:
+            return None
+        raw = bytes(self._out) if self._scanning else (
+            self._parts[0] if len(self._parts) == 1 else b"".join(self._parts))
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return None
+
+    def _scan(self, data: bytes) -> None:
+        """Copy `data` to the kept document, leaving out the values of skipped top-level members. One regex
+        step per structural character outside strings and one per string: strings are skipped at C speed."""
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        out = self._out
+        i, n = 0, len(data)
+        start = None if self._skip else 0  # where the bytes still to copy begin (None: inside a skipped value)
+        while i < n:
+            if self._in_str:
+                j = _STR_BODY.match(data, i).end()  # type: ignore[union-attr]
+                if self._key is not None:
+                    self._key += data[i:j]
+                    if len(self._key) > 64:
+                        self._key = bytearray(b"?")  # no key of interest is this long
+                if j >= n or data[j] != 0x22:  # the string goes on in the next chunk (j < n: a lone backslash)
+                    if start is not None:
+                        out += data[start:j]
+                    self._carry = data[j:]
+                    return
+                self._in_str = False
+                i = j + 1
+                if self._key is not None:
+                    key, self._key = bytes(self._key), None
+                    self._expect_key = False
+                    if key in _SKIPPED and start is not None:
+                        out += data[start:i]
+                        out += b":null"
+                        start = None
+                        self._skip = True
+                continue
+            m = _STRUCT.search(data, i)
+            if m is None:
+                break
+            c = data[m.start()]
+            i = m.end()
+            if c == 0x22:  # "
+                self._in_str = True
+                if self._depth == 1 and self._expect_key:
+                    self._key = bytearray()
+            elif c in (0x7B, 0x5B):  # { [
+                self._depth += 1
+                if self._depth == 1:
+                    self._expect_key = c == 0x7B
+            elif c in (0x7D, 0x5D):  # } ]
+                if self._depth == 1 and self._skip:
+                    self._skip = False
+                    start = i - 1
+                self._depth -= 1
+            elif self._depth == 1:  # , between top-level members
+                self._expect_key = True
+                if self._skip:
+                    self._skip = False
+                    start = i - 1
+        if start is not None:
+            out += data[start:n]
+        if len(out) > JSON_CAP:  # top-level members other than content this big: not a Messages response
+            self.overflow = True
+            self._out = bytearray()
