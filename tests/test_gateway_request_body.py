@@ -280,3 +280,40 @@ def test_an_early_answer_reaches_the_client_and_a_client_gone_mid_body_closes_th
     assert gw.status.client_disconnects == 1
     assert gone.operation_id and gone.operation_id != "pending"
     assert (after.status_code, after.deployment) == (200, "claude-sonnet-4-5")
+
+
+def test_a_request_waiting_for_an_upstream_connection_holds_its_body_back(make_tel, sqlite_url):
+    """The one upstream connection is busy: a 20 MB request waits for it with its client's read paused (a
+    bounded part of its body held, not all of it), then goes through whole."""
+    big, small = request_body(20 * 1024 * 1024), request_body(3000)
+    sink = Sink()
+    tel = make_tel()
+    result: dict[str, Any] = {}
+    with AppServer(sink) as up:
+        gw = GatewayServer(parse_upstreams([f"http://127.0.0.1:{up.port}"]), port=0, telemetry=tel,
+                           max_connections=1).start()
+        try:
+            assert _send(small, gw.port)[0] == 200
+            tel.flush()
+            with socket.create_connection(("127.0.0.1", gw.port)) as busy:
+                busy.sendall(_head(len(small)) + small[:100])  # holds the connection: its body is still to come
+                time.sleep(0.2)
+                waiting = threading.Thread(target=lambda: result.update(answer=_send(big, gw.port)))
+                tracemalloc.start()
+                try:
+                    waiting.start()
+                    time.sleep(1.0)
+                    assert waiting.is_alive() and len(sink.got) == 1  # still waiting for the connection
+                    busy.sendall(small[100:])
+                    assert _response(busy)[0] == 200
+                    waiting.join(30)
+                    peak = tracemalloc.get_traced_memory()[1]
+                finally:
+                    tracemalloc.stop()
+        finally:
+            gw.stop()
+    assert result["answer"][0] == 200
+    assert sink.got[-1] == (len(big), hashlib.sha256(big).hexdigest())
+    assert peak < BOUND, peak
+    tel.flush()
+    assert [r.status_code for r in rows(sqlite_url)] == [200, 200, 200]
