@@ -321,6 +321,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None  # the one whose response is being written
         self._parsing: Exchange | None = None  # the one whose request is being read
+        self._start: Exchange | None = None  # to go on once this read is parsed (its body so far with its head)
         self._queued: collections.deque[Exchange] = collections.deque()
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -339,14 +340,20 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
+            self._start = None
             self._reject(501, "not_implemented", "foundry-telemetry gateway: protocol upgrades are not supported")
         except httptools.HttpParserCallbackError as exc:
+            self._start = None
             cause = exc.__context__ or exc
             if self.front.app.on_error is not None:
                 self.front.app.on_error("gateway_internal", cause)
             self._reject(500, "api_error", "foundry-telemetry gateway: internal error")
         except httptools.HttpParserError:
+            self._start = None
             self._reject(400, "invalid_request_error", "foundry-telemetry gateway: malformed HTTP request")
+        start, self._start = self._start, None
+        if start is not None and not start.finished:  # after the parse: the head and the body read with it go
+            start.go()                                  # out in one write (a small request: one segment)
 
     def eof_received(self) -> bool | None:
         return None  # the client is gone: close (connection_lost follows)
@@ -401,7 +408,7 @@ class ClientConnection(asyncio.Protocol):
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self.exchange is None:
             self.exchange = ex
-            ex.go()
+            self._start = ex
         else:  # pipelined behind a response still being written: read no further until its turn
             self._queued.append(ex)
             self.pause_reading()
