@@ -70,63 +70,77 @@ def _decode(body: bytes, encoding: str | None) -> bytes:
     return body
 
 
+_MAPPING = (dict, Mapping)  # JSON gives dicts: checked first, before the (slower) ABC check
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def apply_usage(record: UsageRecord, usage: Any) -> None:
     """Fold a `usage` object in; fields present override (message_delta usage is cumulative)."""
-    if not isinstance(usage, Mapping):
+    if not isinstance(usage, _MAPPING):
         return
-    for key in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
-        if key in usage and usage[key] is not None:
-            setattr(record, key, _int(usage[key]))
-    creation = usage.get("cache_creation")
-    if isinstance(creation, Mapping):
+    get = usage.get
+    if (value := get("input_tokens")) is not None:
+        record.input_tokens = _int(value)
+    if (value := get("output_tokens")) is not None:
+        record.output_tokens = _int(value)
+    if (value := get("cache_creation_input_tokens")) is not None:
+        record.cache_creation_input_tokens = _int(value)
+    if (value := get("cache_read_input_tokens")) is not None:
+        record.cache_read_input_tokens = _int(value)
+    creation = get("cache_creation")
+    if isinstance(creation, _MAPPING):
         record.cache_creation_5m_input_tokens = _int(creation.get("ephemeral_5m_input_tokens"))
         record.cache_creation_1h_input_tokens = _int(creation.get("ephemeral_1h_input_tokens"))
-    server_tools = usage.get("server_tool_use")
-    if isinstance(server_tools, Mapping):
+    server_tools = get("server_tool_use")
+    if isinstance(server_tools, _MAPPING):
         record.web_search_requests = _int(server_tools.get("web_search_requests"))
 
 
 def _apply_message(record: UsageRecord, message: Any, texts: list[str] | None) -> None:
-    if not isinstance(message, Mapping):
+    if not isinstance(message, _MAPPING):
         return
-    if isinstance(message.get("id"), str):
-        record.response_id = message["id"]
-    if isinstance(message.get("model"), str):
-        record.model = message["model"]
-    if isinstance(message.get("stop_reason"), str):
-        record.finish_reason = message["stop_reason"]
-    apply_usage(record, message.get("usage"))
+    get = message.get
+    if isinstance(value := get("id"), str):
+        record.response_id = value
+    if isinstance(value := get("model"), str):
+        record.model = value
+    if isinstance(value := get("stop_reason"), str):
+        record.finish_reason = value
+    apply_usage(record, get("usage"))
     if texts is None:
         return
     for block in message.get("content") or ():
-        if isinstance(block, Mapping) and isinstance(block.get("text"), str):
+        if isinstance(block, _MAPPING) and isinstance(block.get("text"), str):
             texts.append(block["text"])
 
 
 def _apply_error(record: UsageRecord, payload: Any) -> None:
-    error = payload.get("error") if isinstance(payload, Mapping) else None
-    if isinstance(error, Mapping):
+    error = payload.get("error") if isinstance(payload, _MAPPING) else None
+    if isinstance(error, _MAPPING):
         if isinstance(error.get("type"), str):
             record.error_type = error["type"]
         if isinstance(error.get("message"), str):
             record.error_message = error["message"][:500]
 
 
-def iter_sse(body: bytes, times: list[tuple[int, int]]) -> Any:
-    """Yield (event, data, t) for each complete SSE event; `times` maps byte offsets to arrival times."""
+def _sse_events(body: bytes, ends: list[int], arrivals: list[int]) -> list[tuple[str | None, Any, int]]:
+    """(event, data, t) of each complete SSE event, t the arrival of the chunk its last byte came in. In the
+    usual shape (one `event:` line, one `data:` line) data is left as `rest` (`data:` and all) for the caller
+    to cut only where it reads the payload: most events (content deltas) only matter by name and time."""
+    out: list[tuple[str | None, Any, int]] = []
+    append = out.append
     text_offset = 0
-    ti, nt = 0, len(times)
-    last = times[-1][1] if times else 0
+    ti, nt = 0, len(ends)
+    last = arrivals[-1] if arrivals else 0
     for block in body.replace(b"\r\n", b"\n").split(b"\n\n"):
         end = text_offset + len(block)
         text_offset = end + 2
         head, _, rest = block.partition(b"\n")
         if head.startswith(b"event:") and rest.startswith(b"data:") and b"\n" not in rest:
-            event, data = _event_name(head[6:]), rest[5:].strip()  # the usual shape: one event, one data line
+            event, data = _event_name(head[6:]), rest  # the usual shape: one event, one data line
         else:
             event = None
             data_lines = []
@@ -137,10 +151,19 @@ def iter_sse(body: bytes, times: list[tuple[int, int]]) -> Any:
                     data_lines.append(line[5:].strip())
             if event is None and not data_lines:
                 continue
-            data = b"\n".join(data_lines)
-        while ti < nt and times[ti][0] < end:  # events arrive in order: one walk over the chunks in all
+            data = _Joined(b"\n".join(data_lines))
+        while ti < nt and ends[ti] < end:  # events arrive in order: one walk over the chunks in all
             ti += 1
-        yield event, data, times[ti][1] if ti < nt else last
+        append((event, data, arrivals[ti] if ti < nt else last))
+    return out
+
+
+class _Joined(bytes):
+    """The data of an event in the general shape, already joined (not a `data:` line to cut)."""
+
+
+def _payload_bytes(data: bytes) -> bytes:
+    return data if type(data) is _Joined else data[5:].strip()
 
 
 @functools.lru_cache(maxsize=64)
@@ -154,14 +177,16 @@ _PARSED_EVENTS = frozenset({"message_start", "message_delta", "error"})
 
 
 def _parse_stream(record: UsageRecord, capture: AttemptCapture, body: bytes, texts: list[str] | None) -> bool:
-    offsets: list[tuple[int, int]] = []
+    ends: list[int] = []
+    arrivals: list[int] = []
     total = 0
     for t, chunk in capture.chunks:
         total += len(chunk)
-        offsets.append((total, t))
+        ends.append(total)
+        arrivals.append(t)
     completed = False
     delta_times: list[int] = []
-    for event, data, t in iter_sse(body, offsets):
+    for event, data, t in _sse_events(body, ends, arrivals):
         if event == "content_block_delta":
             delta_times.append(t)
             if texts is None:
@@ -171,22 +196,23 @@ def _parse_stream(record: UsageRecord, capture: AttemptCapture, body: bytes, tex
             continue
         elif event not in _PARSED_EVENTS:
             continue
+        data = _payload_bytes(data)
         try:
             payload = json.loads(data) if data else {}
         except ValueError:
             continue
-        if not isinstance(payload, Mapping):
+        if not isinstance(payload, _MAPPING):
             continue
         if event == "message_start":
             _apply_message(record, payload.get("message"), texts)
         elif event == "message_delta":
             delta = payload.get("delta") or {}
-            if isinstance(delta, Mapping) and isinstance(delta.get("stop_reason"), str):
+            if isinstance(delta, _MAPPING) and isinstance(delta.get("stop_reason"), str):
                 record.finish_reason = delta["stop_reason"]
             apply_usage(record, payload.get("usage"))
         elif event == "content_block_delta":
             delta = payload.get("delta") or {}
-            if isinstance(delta, Mapping) and isinstance(delta.get("text"), str) and texts is not None:
+            if isinstance(delta, _MAPPING) and isinstance(delta.get("text"), str) and texts is not None:
                 texts.append(delta["text"])
         elif event == "error":
             _apply_error(record, payload)
@@ -260,7 +286,7 @@ def build_record(capture: AttemptCapture, capture_content: bool = False) -> Usag
             payload = None
         if capture.status_code is not None and capture.status_code >= 400:
             _apply_error(record, payload)
-        elif isinstance(payload, Mapping):
+        elif isinstance(payload, _MAPPING):
             if record.operation == "count_tokens":
                 record.input_tokens = _int(payload.get("input_tokens"))
             else:
