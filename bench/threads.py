@@ -5,7 +5,10 @@ Runs the same blocks of calls over the in-process mock transport as `bench/overh
 (`time.pthread_getcpuclockid`) before and after: the caller's thread, the pipeline, the ledger writer, the
 OTel span processor. Optionally (`--yappi`) profiles the background threads with yappi's CPU clock and prints
 their top functions, to see what is left inside each.
-Usage: python bench/threads.py [--yappi] [ROUNDS] [CALLS_PER_BLOCK]
+`--paced` measures instead calls that come at a fixed pace (5, 20 and 100 a second: the caller sleeps between
+them, as a process waiting on slow model calls does), where the background threads' wake-ups, not the work per
+record, are most of the cost.
+Usage: python bench/threads.py [--yappi | --paced] [ROUNDS] [CALLS_PER_BLOCK]
 """
 
 from __future__ import annotations
@@ -51,6 +54,32 @@ def block(client: Any, call: Any, flush: Any, n: int) -> tuple[float, dict[str, 
     total = time.process_time() - p0
     after = thread_cpu()
     return total / n, {k: (v - before.get(k, 0.0)) / n for k, v in after.items()}
+
+
+def paced(rounds: int, seconds: float = 3.0) -> None:
+    tmp = tempfile.mkdtemp()
+    tel = Telemetry(db_url=f"sqlite:///{tmp}/ledger.db", spool_dir=f"{tmp}/spool")
+    clients = {"raw": (sdk_client(mock=True), lambda: None), "inst": (tel.instrument(sdk_client(mock=True)), tel.flush)}
+    for client, flush in clients.values():
+        block(client, _create, flush, 100)
+    results: dict[tuple[float, str], list[tuple[float, dict[str, float]]]] = {}
+    for _ in range(rounds):
+        for rate in (5, 20, 100):
+            for name, (client, flush) in clients.items():
+                def call(c: Any, gap: float = 1 / rate) -> None:
+                    _create(c)
+                    time.sleep(gap)
+                results.setdefault((rate, name), []).append(block(client, call, flush, int(seconds * rate)))
+    tel.shutdown()
+    print(f"paced create calls, ledger only: CPU per call, µs (median over {rounds} rounds of {seconds:.0f} s)")
+    for rate in (5, 20, 100):
+        b, o = results[(rate, "raw")], results[(rate, "inst")]
+        total = statistics.median(x[0] - y[0] for x, y in zip(o, b, strict=True)) * 1e6
+        raw = statistics.median(x[0] for x in b) * 1e6
+        by = {t: statistics.median(x[1].get(t, 0) - y[1].get(t, 0) for x, y in zip(o, b, strict=True)) * 1e6
+              for t in sorted({k for _, d in o + b for k in d})}
+        print(f"  {rate:3d} calls/s: +{total:.0f} µs over raw ({raw:.0f}); " +
+              ", ".join(f"{t.replace('foundry-telemetry-', '')} {v:+.0f}" for t, v in by.items() if abs(v) >= 1))
 
 
 def main(rounds: int = 6, n: int = 300, use_yappi: bool = False) -> None:
@@ -119,4 +148,7 @@ def main(rounds: int = 6, n: int = 300, use_yappi: bool = False) -> None:
 
 if __name__ == "__main__":
     args = [int(a) for a in sys.argv[1:] if not a.startswith("--")]
-    main(*args, use_yappi="--yappi" in sys.argv)  # type: ignore[misc]
+    if "--paced" in sys.argv:
+        paced(*(args[:1] or [2]))
+    else:
+        main(*args, use_yappi="--yappi" in sys.argv)  # type: ignore[misc]
