@@ -26,6 +26,7 @@ from .conftest import rows
 
 DRIVER = str(Path(__file__).with_name("fault_driver.py"))
 ROOT = str(Path(__file__).resolve().parents[1])
+REQUIRE_FAULT_FS = os.environ.get("FOUNDRY_TELEMETRY_REQUIRE_FAULT_FS") == "1"  # .ci/run: these may not skip
 
 
 # -- the checks every fault test makes -------------------------------------------------------------
@@ -250,7 +251,7 @@ def _db_files(folder: Path, name: str) -> list[Path]:
 NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]  # root that obeys file modes
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+@pytest.mark.skipif((os.geteuid() != 0 or not shutil.which("setpriv")) and not REQUIRE_FAULT_FS,
                     reason="needs root's capabilities dropped (setpriv) or another user to make a file read-only")
 def test_sqlite_read_only_at_start_then_fixed(emulator, tmp_path):
     url = f"sqlite:///{tmp_path / 'ro.db'}"
@@ -280,6 +281,97 @@ def test_sqlite_read_only_at_start_then_fixed(emulator, tmp_path):
     assert not list(spool.glob("*.jsonl"))
 
 
+def _ext4_faults_available() -> bool:
+    return (os.geteuid() == 0 and all(shutil.which(t) for t in ("mkfs.ext4", "mount", "umount", "e2fsck"))
+            and Path("/dev/loop-control").exists() and Path("/sys/fs/ext4").is_dir())
+
+
+class Ext4:
+    """A small ext4 file system on a loop device (errors=remount-ro) that the kernel turns read-only mid-run,
+    through ext4's own /sys/fs/ext4/<dev>/trigger_fs_error, exactly as after a disk error: open handles then
+    fail their writes (SQLITE_IOERR_WRITE) and new ones open read-only (SQLITE_READONLY). Only unmounting,
+    e2fsck and mounting again bring it back, as on a real host."""
+
+    def __init__(self, folder: Path) -> None:
+        self.image, self.mnt = folder / "ledger.img", folder / "mnt"
+        self.mnt.mkdir()
+        subprocess.run(["truncate", "-s", "48M", str(self.image)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(self.image)], check=True)
+        self.mount()
+
+    def mount(self) -> None:
+        subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.mnt)], check=True)
+
+    def device(self) -> str:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            dev, where, *_ = line.split()
+            if where == str(self.mnt):
+                return Path(dev).name
+        raise AssertionError("not mounted")
+
+    def options(self) -> list[str]:
+        return next(line.split()[3].split(",") for line in Path("/proc/mounts").read_text().splitlines()
+                    if line.split()[1] == str(self.mnt))
+
+    def fail(self) -> None:
+        subprocess.run(["sync", "-f", str(self.mnt)], check=True)  # the fault is "read-only", not "page cache lost"
+        Path(f"/sys/fs/ext4/{self.device()}/trigger_fs_error").write_text("foundry-telemetry fault test\n")
+        assert {"ro", "emergency_ro"} & set(self.options())  # 6.x kernels say emergency_ro
+
+    def repair(self) -> None:
+        deadline = time.monotonic() + 30
+        while subprocess.run(["umount", str(self.mnt)], capture_output=True).returncode:  # a retrying writer
+            assert time.monotonic() < deadline, "the writer never let go of the read-only file system"
+            time.sleep(0.05)
+        subprocess.run(["e2fsck", "-fy", str(self.image)], capture_output=True)  # exit 1: errors were fixed
+        self.mount()
+
+    def close(self) -> None:
+        subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True)
+
+
+@pytest.mark.skipif(not _ext4_faults_available() and not REQUIRE_FAULT_FS,
+                    reason="needs root, a loop device and ext4 to turn a file system read-only mid-run")
+def test_sqlite_file_system_read_only_mid_run_then_fixed(emulator, tmp_path):
+    """The ledger's disk goes read-only under a running writer (the kernel's own remount after an error; a
+    plain `mount -o remount,ro` is refused with EBUSY while SQLite holds the file open for writing), then the
+    host is repaired: nothing is set aside, everything the client saw lands once with its totals."""
+    fs = Ext4(tmp_path)
+    try:
+        url = f"sqlite:///{fs.mnt / 'ledger.db'}"
+        spool = tmp_path / "spool"  # on another disk, as the README advises
+        before = len(emulator.emulator.served)
+        child = Child(url, emulator, {"FOUNDRY_TELEMETRY_SPOOL_DIR": str(spool)})
+        assert child.ask("calls 30 2") == "done 30"
+        assert child.ask("flush") == "flush True"
+        assert len(rows(url)) == len(emulator.emulator.served[before:])
+        get_engine(url).dispose()  # this test process lets go too: the host must be able to unmount
+
+        fs.fail()
+        assert child.ask("calls 60 3") == "done 60"
+        assert child.ask("flush") == "flush True"  # durable: in the spool
+        deadline = time.monotonic() + 20  # the open handle's I/O error, then a retry meets the read-only reopen
+        while sum((health := json.loads(child.ask("health"))).get(k, 0)
+                  for k in ("ledger_write", "ledger_replay", "ledger_connect")) < 2:
+            assert time.monotonic() < deadline, health
+            time.sleep(0.1)
+        assert not health.get("ledger_rejected"), health
+        assert list(spool.glob("*.jsonl")) and not (spool / "rejected").exists()
+
+        fs.repair()
+        deadline = time.monotonic() + 30
+        while list(spool.glob("*.jsonl")) and time.monotonic() < deadline:
+            child.ask("flush")
+            time.sleep(0.2)
+        assert child.ask("calls 10 1") == "done 10"
+        child.exit()
+        assert_ledger_exact(url, emulator.emulator.served[before:])
+        assert not list(spool.glob("*.jsonl")) and not (spool / "rejected").exists()
+        get_engine(url).dispose()
+    finally:
+        fs.close()
+
+
 def test_disk_full_mid_run_then_recovers(emulator, tmp_path):
     url = f"sqlite:///{tmp_path / 'full.db'}"
     upgrade(url)
@@ -293,8 +385,9 @@ def test_disk_full_mid_run_then_recovers(emulator, tmp_path):
     assert child.ask("calls 100 4") == "done 100"
     assert child.ask("flush") == "flush True"
     health = json.loads(child.ask("health"))
+    # each failed write spooled its batch; the spool may already be drained: dropping the pooled connection
+    # closes the WAL (checkpointed, truncated), so a new one can write again below the limit for a while
     assert health.get("ledger_write", 0) >= 1 and not health.get("ledger_rejected"), health
-    assert list((tmp_path / "spool").glob("*.jsonl"))
     assert child.ask("release") == "ok"
     deadline = time.monotonic() + 30
     while list((tmp_path / "spool").glob("*.jsonl")) and time.monotonic() < deadline:
@@ -771,3 +864,73 @@ def test_postgres_dropped_mid_batch_then_back(tmp_path):
     assert seen.get("ledger_write", 0) + seen.get("ledger_replay", 0) >= 1, seen  # the cut did hit the writer
     got = assert_ledger_exact(url)
     assert len(got) == len(records)
+
+
+@pytest.mark.postgres
+def test_postgres_server_stopped_mid_run_and_mid_batch(emulator, tmp_path):
+    """The ledger's PostgreSQL server itself is stopped (`pg_ctl stop`), not just a connection cut: first under
+    a process calling through the real SDK (fast shutdown: sessions ended with 57P01, then connection refused),
+    then while big batches are being copied (immediate: as a crash). Started again, everything lands once."""
+    import threading
+
+    from telemetry.health import Health
+    from telemetry.ledger.writer import LedgerWriter
+    from telemetry.settings import Settings
+
+    from .helpers import make_record
+    from .pg_server import PgServer
+
+    server = PgServer()
+    try:
+        url = server.url
+        upgrade(url)
+        get_engine(url).dispose()
+        before = len(emulator.emulator.served)
+        child = Child(url, emulator, {"FOUNDRY_TELEMETRY_SPOOL_DIR": str(tmp_path / "spool")})
+        assert child.ask("calls 30 2") == "done 30"
+        assert child.ask("flush") == "flush True"
+        server.stop("fast")
+        assert child.ask("calls 60 3") == "done 60"
+        assert child.ask("flush") == "flush True"  # durable: in the spool
+        health = json.loads(child.ask("health"))
+        assert health.get("ledger_write", 0) + health.get("ledger_connect", 0) >= 1, health
+        assert list((tmp_path / "spool").glob("*.jsonl"))
+        server.start()
+        deadline = time.monotonic() + 30
+        while list((tmp_path / "spool").glob("*.jsonl")) and time.monotonic() < deadline:
+            child.ask("flush")
+            time.sleep(0.2)
+        assert child.ask("calls 10 1") == "done 10"
+        child.exit()
+        served = emulator.emulator.served[before:]
+        assert_ledger_exact(url, served)
+
+        # mid-batch: the server dies while 2,000-row COPYs are in flight
+        writer = LedgerWriter(Settings(db_url=url, spool_dir=str(tmp_path / "spool2"), batch_size=2000,
+                                       batch_interval_s=0.02, queue_size=100_000), Health())
+        records = [make_record(i, team=f"t{i % 9}") for i in range(12_000)]
+        writer.write(records[0])
+        assert writer.flush(30)
+
+        def crash() -> None:
+            time.sleep(0.05)
+            server.stop("immediate")
+            time.sleep(0.5)
+            server.start()
+
+        crasher = threading.Thread(target=crash)
+        crasher.start()
+        for r in records[1:]:
+            writer.write(r)
+        crasher.join()
+        deadline = time.monotonic() + 60
+        while not (writer.flush(30) and not writer.spool.pending()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        writer.close()
+        seen = writer.health.snapshot()
+        assert seen.get("ledger_write", 0) + seen.get("ledger_replay", 0) + seen.get("ledger_connect", 0) >= 1, seen
+        got = assert_ledger_exact(url)
+        assert len(got) == len(served) + len(records)
+        get_engine(url).dispose()
+    finally:
+        server.close()
