@@ -10,7 +10,8 @@ do-nothing exporter, so export serialization is not counted (it would be the sam
 Rounds interleave every client (order rotated per round) so drift and the neighbours' load hit all alike.
 Each block ends with a flush of the telemetry and the providers inside the measured window, so the background
 threads' CPU is charged to the calls that caused it. CPU is `time.process_time` (all threads of this process).
-Figures: CPU per call (create and stream), sequential p50/p99/max per call, saturated throughput with 32 asyncio
+Figures: CPU per call (create and stream; also without the full GC passes that fell in each block, with those
+apart: see FullGC), sequential p50/p99/max per call, saturated throughput with 32 asyncio
 tasks and with 16 threads, and a start-up check (a fresh `Telemetry` on a new ledger: its construction time and the
 worst of its first calls). Each figure is printed beside its target from issue 11.
 
@@ -23,6 +24,7 @@ Usage: python bench/overhead.py [--mock-only] [ROUNDS] [CALLS_PER_BLOCK] [CALLS_
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -106,6 +108,32 @@ class Client:
                                                                   "threads": []})
     wall: dict[str, list[float]] = field(default_factory=lambda: {"create": [], "stream": []})
     rate: dict[str, list[float]] = field(default_factory=lambda: {"async": [], "threads": []})
+    full_gc: dict[str, list[float]] = field(default_factory=lambda: {"create": [], "stream": []})  # CPU per call
+
+
+class FullGC:
+    """CPU spent in CPython's full (generation 2) collections. One pass scans every tracked object of the process
+    (~250 k here, 50–250 ms); it runs once the objects that survived two young collections since the last one
+    reach 25 % of the heap — objects kept for a while (spans waiting for their batch export, records waiting for
+    their ledger batch) bring it on sooner. A pass lands in whichever block it falls in, so it is counted apart."""
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+        self.passes = 0
+        self._t = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._t = time.process_time()
+        else:
+            self.cpu += time.process_time() - self._t
+            self.passes += 1
+
+
+FULL_GC = FullGC()
 
 
 def _create(client: Any) -> None:
@@ -129,6 +157,7 @@ def sequential(c: Client, mode: str, n: int) -> None:
     call = _create if mode == "create" else _stream
     walls = c.wall[mode]
     c.enter()
+    gc0 = FULL_GC.cpu
     cpu0 = time.process_time()
     for _ in range(n):
         t = time.perf_counter()
@@ -136,6 +165,7 @@ def sequential(c: Client, mode: str, n: int) -> None:
         walls.append(time.perf_counter() - t)
     c.flush()
     c.cpu[mode].append((time.process_time() - cpu0) / n)
+    c.full_gc[mode].append((FULL_GC.cpu - gc0) / n)
     c.leave()
 
 
@@ -287,6 +317,7 @@ def main(rounds: int = 5, n: int = 200, n_sat: int = 320, mock_only: bool = Fals
             c.wall = {"create": [], "stream": []}
             c.cpu = {k: [] for k in c.cpu}
             c.rate = {k: [] for k in c.rate}
+            c.full_gc = {k: [] for k in c.full_gc}
 
         for r in range(rounds):
             order = clients[r % len(clients):] + clients[:r % len(clients)]
@@ -344,11 +375,37 @@ def cpu_lines(by: dict[str, Client], modes: Sequence[str]) -> None:
                  med(deltas) <= budget)
 
 
+def gc_lines(by: dict[str, Client], modes: Sequence[str]) -> None:
+    """The same CPU without the full collections that fell in each block, and those apart (per call, over all
+    blocks): the steady figure, and what keeping objects alive for a while costs."""
+    for mode in modes:
+        for base, ours in (("raw", "inst"), ("raw+otel", "inst+otel")):
+            b, o = by[base], by[ours]
+            if not b.full_gc[mode]:
+                continue
+            deltas = [(x - gx) - (y - gy) for x, gx, y, gy in zip(o.cpu[mode], o.full_gc[mode], b.cpu[mode],
+                                                                   b.full_gc[mode], strict=True)]
+            mean_gc = [statistics.mean(c.full_gc[mode]) * 1e6 for c in (o, b)]
+            gcs = f"full GC {mean_gc[0]:.0f} vs {mean_gc[1]:.0f}"
+            peer = by.get("peer+otel")
+            pv = "—"
+            if peer and base == "raw+otel" and peer.full_gc[mode]:
+                pd = [(x - gx) - (y - gy) for x, gx, y, gy in zip(peer.cpu[mode], peer.full_gc[mode], b.cpu[mode],
+                                                                   b.full_gc[mode], strict=True)]
+                pv = f"{spread(pd, 1e6, '{:+.0f}')} µs"
+            line(f"  {mode} without full GC, {'OTel on' if 'otel' in base else 'ledger only'}",
+                 f"{spread(deltas, 1e6, '{:+.0f}')} µs; {gcs} µs/call", pv, "", None)
+
+
 def report_mock(mocks: list[Client], rounds: int, n: int) -> None:
     print(f"\nthe same, over an in-process mock transport (no network, no emulator: the steadiest view of the CPU "
           f"the instrumentation adds), {rounds} rounds × {n} calls")
     print(f"{'figure':44} {'foundry-telemetry':52} {'OpenLLMetry':34} {'target':18}")
-    cpu_lines({c.name: c for c in mocks}, ("create", "stream"))
+    by = {c.name: c for c in mocks}
+    cpu_lines(by, ("create", "stream"))
+    gc_lines(by, ("create", "stream"))
+    print(f"full GC passes in all: {FULL_GC.passes}, {FULL_GC.cpu * 1e3:.0f} ms CPU "
+          f"({len(gc.get_objects())} objects tracked now)")
 
 
 def report(clients: list[Client], rounds: int, n: int, n_sat: int, peer_version: str | None) -> None:
@@ -361,6 +418,7 @@ def report(clients: list[Client], rounds: int, n: int, n_sat: int, peer_version:
 
     print(f"\n{'figure':44} {'foundry-telemetry':52} {'OpenLLMetry':34} {'target':18}")
     cpu_lines(by, ("create", "stream", "async", "threads"))
+    gc_lines(by, ("create", "stream"))
     for mode, label in (("async", "throughput, 32 asyncio tasks"), ("threads", "throughput, 16 threads")):
         for base, ours in (("raw", "inst"), ("raw+otel", "inst+otel")):
             ratios = [x / y for x, y in zip(by[ours].rate[mode], by[base].rate[mode], strict=True)]

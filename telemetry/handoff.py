@@ -10,10 +10,34 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+class _Signal:
+    """A wake-up flag that costs one C lock operation each side: `threading.Event.wait` runs a Python-level
+    Condition (a new lock, a waiter list, two more lock round trips) on every wait, ~70 µs CPU per timed wait on
+    this machine against ~40 µs here, and the pipeline waits ~200 times a second while calls arrive.
+
+    The lock is held while no signal is pending: `set` releases it, `wait` acquires it (and so clears it)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        try:  # noqa: SIM105 - on the caller's path: a try costs nothing, contextlib.suppress a context manager
+            self._lock.release()
+        except RuntimeError:  # already set (also: two threads setting at once)
+            pass
+
+    def wait(self, timeout: float | None) -> bool:
+        """True if set (and now cleared); False after `timeout` seconds."""
+        return self._lock.acquire(True, -1 if timeout is None else max(timeout, 0.0))
+
+
 class Handoff(Generic[T]):
     def __init__(self, maxsize: int, wake_at: int = 1) -> None:
         self._items: deque[T] = deque()
-        self._event = threading.Event()
+        self._event = _Signal()
         self.maxsize = maxsize
         self._wake_at = max(1, wake_at)
         self._sleeping = False  # the consumer is in a long idle wait: the next put wakes it
@@ -36,7 +60,6 @@ class Handoff(Generic[T]):
 
     def wait(self, timeout: float | None) -> None:
         self._event.wait(timeout)
-        self._event.clear()
 
     def sleep(self, timeout: float | None) -> None:
         """An idle wait that the first `put` ends (one wake-up per idle spell, not per call)."""
@@ -44,7 +67,6 @@ class Handoff(Generic[T]):
         if not self._items:  # checked after the flag: a put racing with us either sees it or is seen here
             self._event.wait(timeout)
         self._sleeping = False
-        self._event.clear()
 
     def drain(self) -> list[T]:
         items = self._items

@@ -22,7 +22,11 @@ from .record import UsageRecord
 # how often the worker looks for captures when fewer than a batch are waiting: the journal (and so what a
 # SIGKILL can lose) is never further behind the calls than this
 POLL_S = 0.005
-IDLE_AFTER_POLLS = 40  # this many empty polls in a row (0.2 s) and the worker sleeps until the next capture
+# this many empty polls in a row (20 ms) and the worker sleeps until the next capture wakes it: each poll is a
+# timed wait (~50 µs CPU on this machine) plus a cold start of the code that follows, so at a few calls a second
+# 40 empty polls (0.2 s) after every call cost more than the call's own processing; from ~50 calls a second on
+# the worker stays awake and the callers never pay for waking it (bench/threads.py --paced)
+IDLE_AFTER_POLLS = 4
 # token counts beyond this are not a real response (and would overflow the ledger's integer columns)
 MAX_TOKENS_VALUE = 10**12
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_creation_5m_input_tokens",

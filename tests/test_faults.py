@@ -98,6 +98,13 @@ class Child:
         assert self.ask("exit") == "bye"
         assert self.proc.wait(60) == 0
 
+    def drain(self, spool: Path, seconds: float = 30) -> None:
+        """The cause is fixed: let the writer replay its spool (flushing meanwhile) until nothing is left."""
+        deadline = time.monotonic() + seconds
+        while list(spool.glob("*.jsonl")) and time.monotonic() < deadline:
+            self.ask("flush")
+            time.sleep(0.2)
+
 
 # -- (1) many writers, one ledger -----------------------------------------------------------------
 
@@ -271,10 +278,7 @@ def test_sqlite_read_only_at_start_then_fixed(emulator, tmp_path):
     assert list(spool.glob("*.jsonl")) and not (spool / "rejected").exists()
     for p in _db_files(tmp_path, "ro.db"):  # the cause is fixed, seconds later
         os.chmod(p, 0o644)
-    deadline = time.monotonic() + 30
-    while list(spool.glob("*.jsonl")) and time.monotonic() < deadline:
-        child.ask("flush")
-        time.sleep(0.2)
+    child.drain(spool)
     assert child.ask("calls 10 1") == "done 10"
     child.exit()
     assert_ledger_exact(url, emulator.emulator.served[before:])
@@ -359,10 +363,7 @@ def test_sqlite_file_system_read_only_mid_run_then_fixed(emulator, tmp_path):
         assert list(spool.glob("*.jsonl")) and not (spool / "rejected").exists()
 
         fs.repair()
-        deadline = time.monotonic() + 30
-        while list(spool.glob("*.jsonl")) and time.monotonic() < deadline:
-            child.ask("flush")
-            time.sleep(0.2)
+        child.drain(spool)
         assert child.ask("calls 10 1") == "done 10"
         child.exit()
         assert_ledger_exact(url, emulator.emulator.served[before:])
@@ -389,10 +390,7 @@ def test_disk_full_mid_run_then_recovers(emulator, tmp_path):
     # closes the WAL (checkpointed, truncated), so a new one can write again below the limit for a while
     assert health.get("ledger_write", 0) >= 1 and not health.get("ledger_rejected"), health
     assert child.ask("release") == "ok"
-    deadline = time.monotonic() + 30
-    while list((tmp_path / "spool").glob("*.jsonl")) and time.monotonic() < deadline:
-        child.ask("flush")
-        time.sleep(0.2)
+    child.drain(tmp_path / "spool")
     child.exit()
     assert_ledger_exact(url, emulator.emulator.served[before:])
     assert not (tmp_path / "spool" / "rejected").exists()
@@ -822,16 +820,10 @@ def test_an_explicit_spool_folder_shared_by_two_ledgers_splits(tmp_path):
 @pytest.mark.postgres
 def test_postgres_dropped_mid_batch_then_back(tmp_path):
     """The connection is cut while big batches are being copied: nothing half-committed, all rows once."""
-    import threading
 
     from sqlalchemy.engine import make_url
 
-    from telemetry.health import Health
-    from telemetry.ledger.writer import LedgerWriter
-    from telemetry.settings import Settings
-
     from .conftest import fresh_pg_url
-    from .helpers import make_record
     from .tcp_proxy import TcpProxy
 
     url = fresh_pg_url()
@@ -839,31 +831,10 @@ def test_postgres_dropped_mid_batch_then_back(tmp_path):
     parsed = make_url(url)
     proxy = TcpProxy(parsed.host, parsed.port)
     via = parsed.set(port=proxy.port).render_as_string(hide_password=False)
-    writer = LedgerWriter(Settings(db_url=via, spool_dir=str(tmp_path / "spool"), batch_size=2000,
-                                   batch_interval_s=0.02, queue_size=100_000), Health())
-    records = [make_record(i, team=f"t{i % 9}") for i in range(12_000)]
-    writer.write(records[0])
-    assert writer.flush(30) and writer.written == 1  # connected: the cut below hits a live connection
-
-    def cut() -> None:
-        time.sleep(0.05)
-        proxy.down()
-        time.sleep(0.5)
-        proxy.up()
-
-    cutter = threading.Thread(target=cut)
-    cutter.start()
-    for r in records[1:]:
-        writer.write(r)
-    cutter.join()
-    deadline = time.monotonic() + 40
-    while not (writer.flush(30) and not writer.spool.pending()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    writer.close()
-    seen = writer.health.snapshot()
+    seen, records = big_batches_through(via, tmp_path / "spool", proxy.down, proxy.up)
     assert seen.get("ledger_write", 0) + seen.get("ledger_replay", 0) >= 1, seen  # the cut did hit the writer
     got = assert_ledger_exact(url)
-    assert len(got) == len(records)
+    assert len(got) == records
 
 
 @pytest.mark.postgres
@@ -871,13 +842,8 @@ def test_postgres_server_stopped_mid_run_and_mid_batch(emulator, tmp_path):
     """The ledger's PostgreSQL server itself is stopped (`pg_ctl stop`), not just a connection cut: first under
     a process calling through the real SDK (fast shutdown: sessions ended with 57P01, then connection refused),
     then while big batches are being copied (immediate: as a crash). Started again, everything lands once."""
-    import threading
 
-    from telemetry.health import Health
-    from telemetry.ledger.writer import LedgerWriter
-    from telemetry.settings import Settings
 
-    from .helpers import make_record
     from .pg_server import PgServer
 
     server = PgServer()
@@ -896,41 +862,53 @@ def test_postgres_server_stopped_mid_run_and_mid_batch(emulator, tmp_path):
         assert health.get("ledger_write", 0) + health.get("ledger_connect", 0) >= 1, health
         assert list((tmp_path / "spool").glob("*.jsonl"))
         server.start()
-        deadline = time.monotonic() + 30
-        while list((tmp_path / "spool").glob("*.jsonl")) and time.monotonic() < deadline:
-            child.ask("flush")
-            time.sleep(0.2)
+        child.drain(tmp_path / "spool")
         assert child.ask("calls 10 1") == "done 10"
         child.exit()
         served = emulator.emulator.served[before:]
         assert_ledger_exact(url, served)
 
         # mid-batch: the server dies while 2,000-row COPYs are in flight
-        writer = LedgerWriter(Settings(db_url=url, spool_dir=str(tmp_path / "spool2"), batch_size=2000,
-                                       batch_interval_s=0.02, queue_size=100_000), Health())
-        records = [make_record(i, team=f"t{i % 9}") for i in range(12_000)]
-        writer.write(records[0])
-        assert writer.flush(30)
-
-        def crash() -> None:
-            time.sleep(0.05)
-            server.stop("immediate")
-            time.sleep(0.5)
-            server.start()
-
-        crasher = threading.Thread(target=crash)
-        crasher.start()
-        for r in records[1:]:
-            writer.write(r)
-        crasher.join()
-        deadline = time.monotonic() + 60
-        while not (writer.flush(30) and not writer.spool.pending()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        writer.close()
-        seen = writer.health.snapshot()
+        seen, records = big_batches_through(url, tmp_path / "spool2", lambda: server.stop("immediate"),
+                                            server.start)
         assert seen.get("ledger_write", 0) + seen.get("ledger_replay", 0) + seen.get("ledger_connect", 0) >= 1, seen
         got = assert_ledger_exact(url)
-        assert len(got) == len(served) + len(records)
+        assert len(got) == len(served) + records
         get_engine(url).dispose()
     finally:
         server.close()
+
+
+def big_batches_through(url: str, spool: Path, fault: Any, fixed: Any) -> tuple[dict[str, int], int]:
+    """12,000 records in 2,000-row batches, `fault()` 50 ms into them and `fixed()` 0.5 s later; waits until all
+    is durable in the ledger. Returns the writer's failure counts and how many records it was given."""
+    import threading
+
+    from telemetry.health import Health
+    from telemetry.ledger.writer import LedgerWriter
+    from telemetry.settings import Settings
+
+    from .helpers import make_record
+
+    writer = LedgerWriter(Settings(db_url=url, spool_dir=str(spool), batch_size=2000, batch_interval_s=0.02,
+                                   queue_size=100_000), Health())
+    records = [make_record(i, team=f"t{i % 9}") for i in range(12_000)]
+    writer.write(records[0])
+    assert writer.flush(30) and writer.written == 1  # connected: the fault below hits a live connection
+
+    def strike() -> None:
+        time.sleep(0.05)
+        fault()
+        time.sleep(0.5)
+        fixed()
+
+    striker = threading.Thread(target=strike)
+    striker.start()
+    for r in records[1:]:
+        writer.write(r)
+    striker.join()
+    deadline = time.monotonic() + 60
+    while not (writer.flush(30) and not writer.spool.pending()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    writer.close()
+    return writer.health.snapshot(), len(records)

@@ -5,6 +5,7 @@ scanned (scan.py) and let go, so a long stream costs the capture its usage event
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -18,6 +19,11 @@ from .scan import HOLD_BYTES, JsonScan, SseScan
 log = logging.getLogger("telemetry")
 
 _DELTA = b"content_block_delta"
+
+
+@functools.lru_cache(maxsize=16)
+def _header_names(names: tuple[str, ...]) -> dict[bytes, str]:
+    return {name.encode("ascii"): name for name in names}
 
 
 class AttemptCapture:
@@ -89,12 +95,18 @@ class AttemptCapture:
         if headers is None:
             return out
         try:
-            items = headers.multi_items() if hasattr(headers, "multi_items") else None
-            if items is None:
+            raw = getattr(headers, "raw", None) if hasattr(headers, "multi_items") else None
+            if not isinstance(raw, list):
                 return {name: v for name in names if isinstance(v := headers.get(name), str)}
-            for key, value in items:
-                if key in names and isinstance(value, str):
-                    out[key] = f"{out[key]}, {value}" if key in out else value  # as `Headers.get` joins them
+            # httpx / httpx2: the raw byte pairs, and only the wanted values decoded (as `multi_items` would)
+            wanted = _header_names(names)
+            encoding = None
+            for key, value in raw:
+                name = wanted.get(key.lower())
+                if name is not None:
+                    encoding = encoding or headers.encoding
+                    text = value.decode(encoding)
+                    out[name] = f"{out[name]}, {text}" if name in out else text  # as `Headers.get` joins them
         except Exception:  # a strange header mapping must not lose the record
             return {}
         return out

@@ -1,5 +1,6 @@
-"""The increments `usage_hourly` adds for rows just inserted; the ledger store upserts them in the same
-transaction as the rows (see `LedgerStore._add_daily`)."""
+"""The increments `usage_hourly` adds for rows (the 0004 migration's backfill). The ledger writer sums the same
+increments in its one rollup pass over each batch (`ledger.store.rollup_increments`) and upserts them in the
+same transaction as the rows; tests check the two agree."""
 
 from __future__ import annotations
 

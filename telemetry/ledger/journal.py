@@ -27,6 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from decimal import Decimal
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,21 @@ log = logging.getLogger("telemetry")
 FIELDS = tuple(f for f in UsageRecord.__dataclass_fields__ if f not in ("chunk_gaps_ms",))
 _HEADER = (json.dumps({"journal": 1, "fields": FIELDS}, separators=(",", ":")) + "\n").encode()
 _CREATED = FIELDS.index("created_at")
-_COST = FIELDS.index("cost_usd")
+_DECIMALS = tuple(FIELDS.index(f) for f in ("cost_usd", "billed_cost_usd", "discount"))
 _seq = itertools.count()
 NEW_SUFFIX = ".new"  # a segment being created: not yet locked and headed, so never recovered
+
+
+def _line_encoder() -> Any:
+    """One journal line as bytes: compact ASCII JSON, as `json.dumps(values, separators=(",", ":"),
+    default=str)` writes it, through the C encoder built once (`JSONEncoder.encode` builds one per call)."""
+    dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
+    if c_make_encoder is None:  # pragma: no cover - no C accelerator
+        return lambda values: dumps(values).encode() + b"\n"
+    # no circular-reference markers: a line is a flat list of scalars and the tags dict of str -> str
+    encode = c_make_encoder(None, str, encode_basestring_ascii, None, ":", ",", False, False, True)
+    join = "".join
+    return lambda values: (join(encode(values, 0)) + "\n").encode()
 
 
 @dataclass
@@ -62,7 +75,7 @@ class Journal:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self._get = operator.attrgetter(*FIELDS)
-        self._dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
+        self._dumps = _line_encoder()
         self._current: Segment | None = None
         self._dirty = False  # records added since the last seal
         self.lock = threading.Lock()  # pipeline thread (add/sync) vs writer thread (seal)
@@ -75,9 +88,10 @@ class Journal:
         seg = self._current or self._open()
         values = list(self._get(record))
         values[_CREATED] = values[_CREATED].isoformat()
-        if values[_COST] is not None:
-            values[_COST] = str(values[_COST])
-        seg.fh.write(self._dumps(values).encode() + b"\n")
+        for i in _DECIMALS:  # exact, as text (what `default=str` made of them, without a call back per value)
+            if values[i] is not None:
+                values[i] = str(values[i])
+        seg.fh.write(self._dumps(values))
         self._dirty = True
 
     def sync(self) -> None:
@@ -150,8 +164,9 @@ def _decode(fields: list[str], values: list[Any]) -> UsageRecord:
     data = {k: v for k, v in data.items() if k in UsageRecord.__dataclass_fields__}
     created = dt.datetime.fromisoformat(data["created_at"])
     data["created_at"] = created if created.tzinfo else created.replace(tzinfo=dt.UTC)
-    if data.get("cost_usd") is not None:
-        data["cost_usd"] = Decimal(data["cost_usd"])
+    for name in ("cost_usd", "billed_cost_usd", "discount"):
+        if data.get(name) is not None:
+            data[name] = Decimal(data[name])
     if not isinstance(data.get("operation_id"), str):
         raise TypeError("operation_id must be a string")
     return UsageRecord(**data)
