@@ -8,7 +8,9 @@ is scanned by the same code whether it is 1 KiB or 1 GiB, and a short one costs 
   (`message_start`, `message_delta`, `error`; content deltas only when content capture is on) and every
   content delta's arrival time; everything else is dropped as its event ends.
 - `JsonScan`: a JSON body is held whole up to `JSON_CAP` (and parsed with `json.loads`); beyond it, scanned
-  as it passes: the top-level members are kept except `content`, whose value is skipped unkept.
+  as it passes: the top-level members are kept except `content`, whose value is skipped unkept. The gateway
+  holds a Messages *request* body with it too, skipping `REQUEST_SKIPPED` (the prompt, the system prompt and
+  the tool definitions: where a 32 MB request's images and documents are) and keeping model, max_tokens, ...
 Both undo gzip/deflate incrementally when the bytes are still encoded.
 """
 
@@ -164,13 +166,14 @@ class SseScan:
 _STRUCT = re.compile(rb'["{}\[\],]')
 _STR_BODY = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+')  # a string's bytes up to its closing quote (or the end)
 _SKIPPED = frozenset({b"content"})
+REQUEST_SKIPPED = frozenset({b"messages", b"system", b"tools"})  # request attributes are read from the rest
 
 
 class JsonScan:
     __slots__ = ("size", "overflow", "_inflate", "_parts", "_held", "_scanning", "_out", "_depth", "_in_str",
-                 "_expect_key", "_key", "_skip", "_carry")
+                 "_expect_key", "_key", "_skip", "_carry", "_skipped")
 
-    def __init__(self, encoding: str | None = None) -> None:
+    def __init__(self, encoding: str | None = None, skip: frozenset[bytes] = _SKIPPED) -> None:
         self.size = 0
         self.overflow = False
         self._inflate = inflater(encoding)
@@ -184,6 +187,7 @@ class JsonScan:
         self._key: bytearray | None = None  # a top-level key being read
         self._skip = False
         self._carry = b""
+        self._skipped = skip  # top-level members whose values a scan leaves out (raw key bytes)
 
     def feed(self, t: int, data: bytes) -> None:
         self.size += len(data)
@@ -207,12 +211,20 @@ class JsonScan:
                 self.feed(0, tail)
                 self.size -= len(tail)
 
-    def payload(self) -> Any:
-        """The parsed body (content left out if it was scanned), or None when it is not JSON."""
+    def kept(self) -> bytes | None:
+        """The body as held: whole up to `JSON_CAP`, else without the skipped members' values (each `null`);
+        None when even that was too big to keep."""
         if self.overflow:
             return None
-        raw = bytes(self._out) if self._scanning else (
-            self._parts[0] if len(self._parts) == 1 else b"".join(self._parts))
+        if self._scanning:
+            return bytes(self._out)
+        return self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+
+    def payload(self) -> Any:
+        """The parsed body (content left out if it was scanned), or None when it is not JSON."""
+        raw = self.kept()
+        if raw is None:
+            return None
         try:
             return json.loads(raw) if raw else None
         except ValueError:
@@ -244,7 +256,7 @@ class JsonScan:
                 if self._key is not None:
                     key, self._key = bytes(self._key), None
                     self._expect_key = False
-                    if key in _SKIPPED and start is not None:
+                    if key in self._skipped and start is not None:
                         out += data[start:i]
                         out += b":null"
                         start = None

@@ -207,6 +207,6 @@ class GatewayApp:
                 parent = extract(trace)
             except Exception:
                 parent = None
-        # the operation id is set when the body has been read (it is a digest of it)
+        # the operation id is set when the capture ends (a digest of the body, updated as the body passes)
         return self._capturer.begin(url=url, operation_id="pending", attempt=int(retry) if retry.isdigit() else 0,
                                     attribution=attribution, otel_context=parent)

@@ -222,6 +222,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._last_read = self.pool.loop.time()  # the read timeout counts from here, not from the pause
             self.transport.resume_reading()
 
+    def progress(self) -> None:
+        """Request body bytes went out: the read timeout counts from here (the upstream answers after them)."""
+        self._last_read = self.pool.loop.time()
+
     def head_only(self) -> None:
         """A HEAD response: complete at its head whatever it says about a body (so not reused after)."""
         self.reusable = False
