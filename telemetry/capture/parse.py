@@ -222,6 +222,8 @@ def build_record(capture: AttemptCapture, capture_content: bool = False) -> Usag
             record.error_type = "client_closed" if capture.closed_early else "incomplete_stream"
         elif capture.closed_early and not scan.size:
             record.error_type = "client_closed"
+    elif record.error_type is None and capture.status_code is None and capture.closed_early:
+        record.error_type = "client_closed"  # gone before any answer (a gateway client leaving mid-request)
 
     if capture_content:
         messages = body.get("messages")
