@@ -157,3 +157,58 @@ def test_installed_cli_and_instrumented_script(installed: Installed):
         (daily,) = conn.execute("SELECT sum(requests) FROM usage_daily").fetchone()
     assert len(landed) == 1 and landed[0][0] == "claude-sonnet-5-5" and landed[0][2:] == (200, 1, 1), landed
     assert total == demo_rows + 1 and daily == total
+
+
+def _wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+        assert proc.poll() is None and time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(0.1)
+
+
+def test_installed_gateway_records_curl_calls(installed: Installed, tmp_path: Path):
+    """`foundry-telemetry proxy` from the wheel, in front of the wheel's emulator: curl's JSON and SSE calls
+    pass through, each becomes one priced row under the team its header names, the key is never stored, and
+    SIGTERM drains and flushes."""
+    if not shutil.which("curl"):
+        _fail_or_skip("curl is needed to call the installed gateway")
+    bin_ = installed.venv / "bin" / "foundry-telemetry"
+    up, gw = _free_port(), _free_port()
+    db = tmp_path / "gateway.db"
+    emulator = subprocess.Popen([str(bin_), "emulator", "--port", str(up)], cwd=installed.work, env=installed.env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proxy = subprocess.Popen([str(bin_), "proxy", "--upstream", f"http://127.0.0.1:{up}", "--listen",
+                              f"127.0.0.1:{gw}", "--db", f"sqlite:///{db}"], cwd=installed.work, env=installed.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    key = "wheel-secret-key-7f3a"
+    try:
+        _wait_port(up, emulator, "emulator")
+        _wait_port(gw, proxy, "gateway")
+        seen = []
+        for stream in (False, True):
+            body = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 16, "stream": stream,
+                               "messages": [{"role": "user", "content": "hi"}]})
+            out = installed.run("curl", "-sS", "-D", "-", "-N", f"http://127.0.0.1:{gw}/anthropic/v1/messages",
+                                "-H", f"api-key: {key}", "-H", "content-type: application/json",
+                                "-H", "anthropic-version: 2023-06-01", "-H", "x-foundry-team: wheel-gw",
+                                "--data", body, timeout=60)
+            assert out.returncode == 0 and " 200" in out.stdout.splitlines()[0], out.stdout + out.stderr
+            rid = re.search(r"^request-id: (\S+)", out.stdout, re.M | re.I).group(1)
+            assert ("message_stop" in out.stdout) == stream
+            seen.append(rid)
+        health = installed.run("curl", "-sS", f"http://127.0.0.1:{gw}/healthz")
+        assert health.returncode == 0 and json.loads(health.stdout), health.stderr
+    finally:
+        proxy.terminate()
+        _, err = proxy.communicate(timeout=60)
+        emulator.terminate()
+        emulator.wait(10)
+    assert proxy.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert key not in err
+    with sqlite3.connect(db) as conn:
+        got = conn.execute("SELECT request_id, stream, status_code, cost_usd IS NOT NULL FROM usage_records "
+                           "WHERE team = 'wheel-gw' ORDER BY stream").fetchall()
+        (daily,) = conn.execute("SELECT sum(requests) FROM usage_daily WHERE team = 'wheel-gw'").fetchone()
+    assert [(r[0], bool(r[1]), r[2], r[3]) for r in got] == [(seen[0], False, 200, 1), (seen[1], True, 200, 1)]
+    assert daily == 2
+    assert key.encode() not in db.read_bytes()
