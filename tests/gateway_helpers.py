@@ -73,13 +73,15 @@ async def fixed_app(scope: dict, receive: Any, send: Any) -> None:
 class AppServer:
     """Any ASGI app on loopback with uvicorn, headers untouched (no server/date header)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, tls: tuple[str, str] | None = None) -> None:
+        """`tls`: (certfile, keyfile) to serve HTTPS, as Foundry does."""
         self._sock = socket.socket()
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, server_header=False,
-                                date_header=False)
+                                date_header=False, ssl_certfile=tls[0] if tls else None,
+                                ssl_keyfile=tls[1] if tls else None)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
