@@ -44,17 +44,22 @@ class RecordingEmulator(Emulator):
             self.active -= 1
 
 
-async def fixed_app(scope: dict, receive: Any, send: Any) -> None:
-    """Fixed bytes, so a proxied response can be compared with a direct one byte for byte: a gzip'd JSON
-    message with odd headers, and an SSE stream sent in chunks that split events."""
-    if scope["type"] != "http":
-        return
+async def read_body(receive: Any) -> bytes:
+    """An ASGI request's whole body."""
     body = b""
     while True:
         message = await receive()
         body += message.get("body", b"")
         if not message.get("more_body"):
-            break
+            return body
+
+
+async def fixed_app(scope: dict, receive: Any, send: Any) -> None:
+    """Fixed bytes, so a proxied response can be compared with a direct one byte for byte: a gzip'd JSON
+    message with odd headers, and an SSE stream sent in chunks that split events."""
+    if scope["type"] != "http":
+        return
+    body = await read_body(receive)
     ids = [(b"request-id", b"req_fixed"), (b"apim-request-id", b"apim-fixed"), (b"X-Odd-Case", b"A, b ;c"),
            (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]
     if json.loads(body or b"{}").get("stream"):
@@ -141,12 +146,7 @@ def big_app(sse_parts: list[bytes], json_body: bytes) -> Any:
     async def app(scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         ids = [(b"request-id", b"req_big"), (b"apim-request-id", b"apim-big")]
         if json.loads(body or b"{}").get("stream"):
             await send({"type": "http.response.start", "status": 200,
