@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from typing import Any
 
+import pytest
 import uvicorn
 from starlette.requests import Request
 
@@ -163,3 +166,14 @@ def big_app(sse_parts: list[bytes], json_body: bytes) -> Any:
                         "more_body": i + 65536 < len(json_body)})
 
     return app
+
+
+def make_certificate(folder: Any) -> tuple[str, str]:
+    """A self-signed certificate for localhost in `folder`: (certfile, keyfile)."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    return str(cert), str(key)

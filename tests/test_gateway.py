@@ -25,7 +25,7 @@ from telemetry.emulator import EmulatorServer
 from telemetry.gateway import GatewayServer, KeyMap, parse_upstreams
 
 from .conftest import API_KEY, MSG, fresh_pg_url, rows
-from .gateway_helpers import JSON_BODY, SSE_PARTS, AppServer, RecordingEmulator, fixed_app
+from .gateway_helpers import JSON_BODY, SSE_PARTS, AppServer, RecordingEmulator, fixed_app, make_certificate
 from .helpers import daily_totals
 
 
@@ -154,15 +154,23 @@ def test_curl_bytes_match_a_direct_call_and_ids_are_in_the_ledger(gateway, recor
     assert row.team == "curlers" and row.stream is stream and row.output_tokens > 0 and row.error_type is None
 
 
-def test_bytes_and_headers_pass_through_exactly(make_tel, sqlite_url):
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_bytes_and_headers_pass_through_exactly(make_tel, sqlite_url, tmp_path, monkeypatch, scheme):
+    """Byte for byte as a direct call; over an HTTPS upstream too (Foundry's), with a self-signed certificate
+    trusted through SSL_CERT_FILE, as an operator adds a corporate CA (the gateway's TLS context verifies)."""
+    tls = make_certificate(tmp_path) if scheme == "https" else None
+    if tls:
+        monkeypatch.setenv("SSL_CERT_FILE", tls[0])
+    host = "localhost" if tls else "127.0.0.1"
     tel = make_tel()
-    with AppServer(fixed_app) as up:
-        gw = GatewayServer(parse_upstreams([f"http://127.0.0.1:{up.port}"]), port=0, telemetry=tel).start()
+    with AppServer(fixed_app, tls=tls) as up:
+        gw = GatewayServer(parse_upstreams([f"{scheme}://{host}:{up.port}"]), port=0, telemetry=tel).start()
         try:
             for stream in (False, True):
                 got = []
-                for base in (f"http://127.0.0.1:{up.port}/anthropic/", gw.base_url):
+                for base in (f"{scheme}://{host}:{up.port}/anthropic/", gw.base_url):
                     with httpx.stream("POST", base + "v1/messages", headers={"accept-encoding": "gzip"},
+                                      verify=tls[0] if tls else True,
                                       json={"model": "claude-sonnet-4-5", "messages": [], "stream": stream}) as r:
                         got.append((r.status_code, r.headers.raw, b"".join(r.iter_raw())))
                 assert got[0] == got[1]
