@@ -29,4 +29,4 @@ def test_an_untrusted_upstream_certificate_is_refused(make_tel, sqlite_url, tmp_
     assert r.status_code == 502, r.text
     tel.flush()
     (row,) = rows(sqlite_url)
-    assert row.status_code is None and row.error_type is not None and row.request_id is None
+    assert (row.status_code, row.error_type, row.request_id) == (None, "connection_error", None)
