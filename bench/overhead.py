@@ -177,15 +177,7 @@ def saturated_async(c: Client, loop: asyncio.AbstractEventLoop, n: int, tasks: i
     async def run() -> None:
         await asyncio.gather(*(worker(n // tasks) for _ in range(tasks)))
 
-    c.enter()
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    loop.run_until_complete(run())
-    wall = time.perf_counter() - t0
-    c.flush()
-    done = (n // tasks) * tasks
-    c.cpu["async"].append((time.process_time() - cpu0) / done)
-    c.rate["async"].append(done / wall)
-    c.leave()
+    _saturated(c, "async", (n // tasks) * tasks, lambda: loop.run_until_complete(run()))
 
 
 def saturated_threads(c: Client, n: int, threads: int = 16) -> None:
@@ -193,18 +185,25 @@ def saturated_threads(c: Client, n: int, threads: int = 16) -> None:
         for _ in range(k):
             _create(c.sync)
 
-    pool = [threading.Thread(target=worker, args=(n // threads,)) for _ in range(threads)]
+    def run() -> None:
+        pool = [threading.Thread(target=worker, args=(n // threads,)) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+
+    _saturated(c, "threads", (n // threads) * threads, run)
+
+
+def _saturated(c: Client, key: str, done: int, run: Any) -> None:
+    """One saturated block: `run()` makes `done` calls; CPU per call and calls per second, flush included."""
     c.enter()
     cpu0, t0 = time.process_time(), time.perf_counter()
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+    run()
     wall = time.perf_counter() - t0
     c.flush()
-    done = (n // threads) * threads
-    c.cpu["threads"].append((time.process_time() - cpu0) / done)
-    c.rate["threads"].append(done / wall)
+    c.cpu[key].append((time.process_time() - cpu0) / done)
+    c.rate[key].append(done / wall)
     c.leave()
 
 
@@ -446,5 +445,14 @@ def report(clients: list[Client], rounds: int, n: int, n_sat: int, peer_version:
 
 
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:] if a != "--mock-only"]
-    main(*args, mock_only="--mock-only" in sys.argv)  # type: ignore[misc]
+    import argparse
+
+    cli = argparse.ArgumentParser(description="What instrumentation costs the caller's process (issue 11).")
+    cli.add_argument("rounds", nargs="?", type=int, default=5)
+    cli.add_argument("calls_per_block", nargs="?", type=int, default=200)
+    cli.add_argument("calls_per_throughput_block", nargs="?", type=int, default=320)
+    cli.add_argument("--mock-only", action="store_true", help="in-process mock transport only, no emulator")
+    a = cli.parse_args()
+    if min(a.rounds, a.calls_per_block, a.calls_per_throughput_block) < 1:
+        cli.error("counts must be positive")
+    main(a.rounds, a.calls_per_block, a.calls_per_throughput_block, mock_only=a.mock_only)
