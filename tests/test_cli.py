@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 from telemetry.ledger.db import get_engine, upgrade
 from telemetry.ledger.store import LedgerStore
 
+from .browser import Chromium
 from .helpers import make_record
 
 SCRIPT = str(Path(sys.executable).with_name("foundry-telemetry"))
@@ -227,72 +227,18 @@ def test_demo_runs_end_to_end(tmp_path):
     assert n >= 40 and teams >= 3 and streams >= 1 and errors >= 1
 
 
-def _png_colors(path: Path) -> int:
-    """Distinct colours in a PNG (8-bit RGB/RGBA, as Chromium writes): enough to tell a chart from a blank."""
-    import struct
-    import zlib
-
-    data = path.read_bytes()
-    pos, chunks = 8, {}
-    idat = b""
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        if kind == b"IDAT":
-            idat += body
-        else:
-            chunks[kind] = body
-        pos += 12 + length
-    width, height, depth, ctype = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    bpp = {2: 3, 6: 4}[ctype]
-    raw = zlib.decompress(idat)
-    stride = width * bpp
-    prev = bytearray(stride)
-    colors = set()
-    for y in range(height):
-        f = raw[y * (stride + 1)]
-        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        for x in range(stride):
-            a = line[x - bpp] if x >= bpp else 0
-            b = prev[x]
-            c = prev[x - bpp] if x >= bpp else 0
-            if f == 1:
-                line[x] = (line[x] + a) & 255
-            elif f == 2:
-                line[x] = (line[x] + b) & 255
-            elif f == 3:
-                line[x] = (line[x] + (a + b) // 2) & 255
-            elif f == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        if y % 4 == 0:
-            colors.update(bytes(line[i:i + 3]) for i in range(0, stride, bpp * 4))
-        prev = line
-    return len(colors)
-
-
 @pytest.mark.chromium
 def test_html_in_headless_chromium(seeded, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        if os.environ.get("FOUNDRY_TELEMETRY_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("Chromium is required here but not installed")
-        pytest.skip("no chromium")
+    chromium = Chromium(tmp_path)
     page = tmp_path / "r.html"
     assert cli("report", "--db", seeded, "--since", "60d", "--format", "html", "-o", str(page)).returncode == 0
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'u'}"]
-    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = chromium.dom(page)
     for chart in ("cost-by-team", "cost-by-model", "latency-by-deployment", "errors-by-deployment"):
         start = dom.index(f'id="{chart}"')
         section = dom[start:dom.index("</figure>", start)]
         assert section.count('class="bar"') >= 2, chart
     assert "&lt;script&gt;" in dom and "<script>alert" not in dom
-    shot = tmp_path / "shot.png"
-    subprocess.run([*flags, "--window-size=1100,1400", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120)
-    assert shot.exists() and _png_colors(shot) > 20
+    assert chromium.screenshot_colors(page, "1100,1400") > 20
 
 
 def test_html_charts_identical_before_and_after_purge(seeded, tmp_path):

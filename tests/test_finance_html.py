@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
-import shutil
-import subprocess
 from decimal import Decimal
 
 import pytest
@@ -15,8 +12,9 @@ from telemetry.finance import Discounts
 from telemetry.ledger.db import get_engine, upgrade
 from telemetry.ledger.store import LedgerStore
 
+from .browser import Chromium
 from .helpers import make_record
-from .test_cli import XSS, _png_colors, cli
+from .test_cli import XSS, cli
 from .test_finance_reconcile import focus_export
 
 
@@ -48,11 +46,7 @@ def _section(dom: str, chart: str) -> str:
 
 @pytest.mark.chromium
 def test_finance_view_in_headless_chromium(ledger, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        if os.environ.get("FOUNDRY_TELEMETRY_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("Chromium is required here but not installed")
-        pytest.skip("no chromium")
+    chromium = Chromium(tmp_path)
     url, records = ledger
     rec = tmp_path / "rec.json"
     export = focus_export(tmp_path / "export.csv", records)
@@ -63,9 +57,7 @@ def test_finance_view_in_headless_chromium(ledger, tmp_path):
     out = cli("report", "--db", url, "--since", "7d", "--format", "html", "-o", str(page),
               "--budgets", str(budgets), "--reconciliation", str(rec))
     assert out.returncode == 0, out.stderr
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'u'}"]
-    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    dom = chromium.dom(page)
     finance = dom[dom.index('<section id="finance">'):]
     listed = sum(r.cost_usd for r in records)
     billed = sum(r.billed_cost_usd for r in records)
@@ -83,10 +75,7 @@ def test_finance_view_in_headless_chromium(ledger, tmp_path):
     assert sum('class="budget"' in b for b in burn) == 1  # only search has a budget
     assert _section(finance, "bill-vs-ledger").count('class="bar"') >= 2
     assert "&lt;script&gt;" in dom and "<script>alert" not in dom
-    shot = tmp_path / "shot.png"
-    subprocess.run([*flags, "--window-size=1100,3000", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120)
-    assert shot.exists() and _png_colors(shot) > 20
+    assert chromium.screenshot_colors(page, "1100,3000") > 20
 
 
 def test_bad_reconciliation_or_budget_file_is_one_line(ledger, tmp_path):
