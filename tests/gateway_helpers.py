@@ -57,27 +57,6 @@ async def read_body(receive: Any) -> bytes:
             return body
 
 
-async def fixed_app(scope: dict, receive: Any, send: Any) -> None:
-    """Fixed bytes, so a proxied response can be compared with a direct one byte for byte: a gzip'd JSON
-    message with odd headers, and an SSE stream sent in chunks that split events."""
-    if scope["type"] != "http":
-        return
-    body = await read_body(receive)
-    ids = [(b"request-id", b"req_fixed"), (b"apim-request-id", b"apim-fixed"), (b"X-Odd-Case", b"A, b ;c"),
-           (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]
-    if json.loads(body or b"{}").get("stream"):
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream"), *ids]})
-        for part in SSE_PARTS:
-            await send({"type": "http.response.body", "body": part, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
-        return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-encoding", b"gzip"),
-                            (b"content-length", str(len(JSON_BODY)).encode()), *ids]})
-    await send({"type": "http.response.body", "body": JSON_BODY})
-
-
 class AppServer:
     """Any ASGI app on loopback with uvicorn, headers untouched (no server/date header)."""
 
@@ -143,14 +122,15 @@ def big_json(text_bytes: int) -> bytes:
                       ).encode()
 
 
-def big_app(sse_parts: list[bytes], json_body: bytes) -> Any:
-    """An upstream serving `sse_parts` chunk by chunk for stream requests and `json_body` otherwise."""
+def canned_app(sse_parts: list[bytes], json_body: bytes, ids: list[tuple[bytes, bytes]],
+               json_headers: tuple[tuple[bytes, bytes], ...] = ()) -> Any:
+    """An upstream serving `sse_parts` chunk by chunk for stream requests and `json_body` (64 KiB a send)
+    otherwise, with the `ids` headers on both and `json_headers` on the JSON answer."""
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         body = await read_body(receive)
-        ids = [(b"request-id", b"req_big"), (b"apim-request-id", b"apim-big")]
         if json.loads(body or b"{}").get("stream"):
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/event-stream"), *ids]})
@@ -159,13 +139,24 @@ def big_app(sse_parts: list[bytes], json_body: bytes) -> Any:
             await send({"type": "http.response.body", "body": b""})
             return
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"),
+                    "headers": [(b"content-type", b"application/json"), *json_headers,
                                 (b"content-length", str(len(json_body)).encode()), *ids]})
         for i in range(0, len(json_body), 65536):
             await send({"type": "http.response.body", "body": json_body[i:i + 65536],
                         "more_body": i + 65536 < len(json_body)})
 
     return app
+
+
+def big_app(sse_parts: list[bytes], json_body: bytes) -> Any:
+    return canned_app(sse_parts, json_body, [(b"request-id", b"req_big"), (b"apim-request-id", b"apim-big")])
+
+
+# fixed bytes, so a proxied response can be compared with a direct one byte for byte: a gzip'd JSON message
+# with odd headers, and an SSE stream sent in chunks that split events
+fixed_app = canned_app(SSE_PARTS, JSON_BODY, [
+    (b"request-id", b"req_fixed"), (b"apim-request-id", b"apim-fixed"), (b"X-Odd-Case", b"A, b ;c"),
+    (b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")], ((b"content-encoding", b"gzip"),))
 
 
 def make_certificate(folder: Any) -> tuple[str, str]:
