@@ -38,6 +38,9 @@ from .models import (
 
 RECORD_COLUMNS = [c.name for c in UsageRecordRow.__table__.columns]
 _COLS = ", ".join(f'"{c}"' for c in RECORD_COLUMNS)  # quoted: "user" is reserved on PostgreSQL
+_INSERT = {mark: f"INSERT INTO usage_records ({_COLS}) VALUES ({', '.join(mark for _ in RECORD_COLUMNS)})"
+           for mark in ("?", "%s")}  # driver SQL, by paramstyle (sqlite3: qmark, psycopg: format)
+_INSERT_OR_IGNORE = _INSERT["?"].replace("INSERT", "INSERT OR IGNORE", 1)  # SQLite's optimistic pass
 _SOURCE_ATTR = {"id": "record_id"}
 DAILY_DIMS = ("day", "team", "project", "user", "deployment", "model", "tags")
 LATENCY_DIMS = ("day", "deployment", "bucket")
@@ -278,12 +281,11 @@ class LedgerStore:
     def _insert_sqlite_optimistic(self, records: Sequence[UsageRecord]) -> int | None:
         """The common case, no duplicates: one `INSERT OR IGNORE` pass. If any row was ignored, roll back
         and let `_insert_checked` work out which rows are new (replays, duplicate request-ids)."""
-        sql = f"INSERT OR IGNORE INTO usage_records ({_COLS}) VALUES ({', '.join('?' for _ in RECORD_COLUMNS)})"
         with self.engine.connect() as conn:
             raw = conn.connection.driver_connection
             conn.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE via the engine hook
             before = raw.total_changes
-            raw.executemany(sql, [self._row(r) for r in records])
+            raw.executemany(_INSERT_OR_IGNORE, [self._row(r) for r in records])
             if raw.total_changes - before != len(records):
                 conn.rollback()
                 return None
@@ -311,8 +313,7 @@ class LedgerStore:
                     seen_rids.add(r.request_id)
                 new.append(r)
             if new:
-                placeholders = ", ".join("?" if self.dialect == "sqlite" else "%s" for _ in RECORD_COLUMNS)
-                conn.exec_driver_sql(f"INSERT INTO usage_records ({_COLS}) VALUES ({placeholders})",
+                conn.exec_driver_sql(_INSERT["?" if self.dialect == "sqlite" else "%s"],
                                      [tuple(self._row(r)) for r in new])
                 self._add_daily(conn, new)
         return len(new)
