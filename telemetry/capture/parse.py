@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..record import UsageRecord
-from .scan import JsonScan, SseScan
+from .scan import JSON_CAP, JsonScan, SseScan
 from .state import AttemptCapture
 
 STATUS_ERROR_TYPES = {
@@ -55,6 +55,30 @@ def resource_from_host(host: str | None) -> str | None:
 
 
 _MAPPING = (dict, Mapping)  # JSON gives dicts: checked first, before the (slower) ABC check
+_scan_once = json.JSONDecoder().scan_once  # the C scanner json.loads ends in
+_JSON_WS = " \t\n\r"
+
+
+def loads(data: bytes) -> Any:
+    """`json.loads(data)`: the same value, or the same error. The usual case (UTF-8 bytes holding one JSON
+    value) goes straight to the C scanner, without `json.loads`'s Python-level encoding detection and its
+    two whitespace regexes (a third of its time on a Messages response); anything else, `json.loads` itself."""
+    try:
+        text = data.decode()
+        value, end = _scan_once(text, 0)
+        if end == len(text) or not text[end:].strip(_JSON_WS):
+            return value
+    except Exception:  # not UTF-8, not JSON at 0 (a BOM, leading space), ...: as json.loads says
+        pass
+    return json.loads(data)
+
+
+def _payload(raw: bytes) -> Any:
+    """A JSON body parsed (as `JsonScan.payload`), or None when it is empty or not JSON."""
+    try:
+        return loads(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def _int(value: Any) -> int:
@@ -114,7 +138,7 @@ def _apply_stream(record: UsageRecord, scan: SseScan, texts: list[str] | None) -
     """The kept events of a scanned stream, in order; True when it reached message_stop."""
     for event, data in scan.events:
         try:
-            payload = json.loads(data) if data else {}
+            payload = loads(data) if data else {}
         except ValueError:
             continue
         if not isinstance(payload, _MAPPING):
@@ -149,21 +173,33 @@ def _url_parts(url: str) -> tuple[str, str | None, int, str | None]:
 _HEADERS = ("request-id", "apim-request-id", "content-encoding", "content-type")
 
 
+def _held_json(capture: AttemptCapture, content_type: str | None, encoding: str | None) -> bytes | None:
+    """A response body that is not an event stream, held whole and not encoded: its bytes (what `JsonScan`
+    would keep of it). None for everything else, which goes through the scanners."""
+    if capture.scan is not None or encoding is not None or (
+            content_type is not None and "text/event-stream" in content_type):
+        return None
+    chunks = capture.chunks
+    raw = chunks[0][1] if len(chunks) == 1 else b"".join([chunk for _, chunk in chunks])
+    return raw if len(raw) <= JSON_CAP else None
+
+
 def build_record(capture: AttemptCapture, capture_content: bool = False) -> UsageRecord:
-    body = capture.body if capture.body is not None else None
+    body = capture.body
     if body is None and capture.raw_body:
         try:
-            parsed = json.loads(capture.raw_body)
+            parsed = loads(capture.raw_body)
             body = parsed if isinstance(parsed, dict) else None
         except ValueError:
             body = None
     body = body or {}
-    operation, host, port, resource = _url_parts(str(capture.url if capture.url is not None
-                                                     else capture.request_url))
+    url = capture.url
+    operation, host, port, resource = _url_parts(str(url if url is not None else capture.request_url))
     headers = capture.headers(*_HEADERS)
     attribution = capture.attribution
     model = body.get("model")
     max_tokens = body.get("max_tokens")
+    status = capture.status_code
     record = UsageRecord(
         created_at=dt.datetime.fromtimestamp(capture.wall_ns / 1e9, dt.UTC),
         operation_id=capture.operation_id,
@@ -175,7 +211,7 @@ def build_record(capture: AttemptCapture, capture_content: bool = False) -> Usag
         deployment=model if isinstance(model, str) else None,
         stream=body.get("stream") is True,
         max_tokens=max_tokens if isinstance(max_tokens, int) else None,
-        status_code=capture.status_code,
+        status_code=status,
         request_id=headers.get("request-id"),
         apim_request_id=headers.get("apim-request-id"),
         team=attribution.team,
@@ -183,46 +219,55 @@ def build_record(capture: AttemptCapture, capture_content: bool = False) -> Usag
         user=attribution.user,
         tags=dict(attribution.tags) if attribution.tags else {},
     )
-    end = capture.t_end or capture.t0
-    record.latency_ms = (end - capture.t0) / 1e6
+    t0 = capture.t0
+    record.latency_ms = ((capture.t_end or t0) - t0) / 1e6
     if capture.t_first_delta is not None:
-        record.ttft_ms = (capture.t_first_delta - capture.t0) / 1e6
+        record.ttft_ms = (capture.t_first_delta - t0) / 1e6
 
     texts: list[str] | None = [] if capture_content else None
-    scan = capture.body_scan(headers.get("content-type"), headers.get("content-encoding"), capture_content)
-    is_sse = isinstance(scan, SseScan)
+    content_type = headers.get("content-type")
+    encoding = headers.get("content-encoding")
+    raw = _held_json(capture, content_type, encoding)
     completed = False
-    if scan.overflow:
-        record.error_type = "unparsed_response"  # too big to keep whole: said, not held
-    if is_sse:
-        if capture.status_code == 200:
-            assert isinstance(scan, SseScan)
-            completed = _apply_stream(record, scan, texts)
-    elif scan.size:
-        assert isinstance(scan, JsonScan)
-        payload = scan.payload()
-        if capture.status_code is not None and capture.status_code >= 400:
+    if raw is not None:  # the usual JSON answer, held whole as it came: what a JsonScan of it would give
+        is_sse = False
+        size = len(raw)
+        payload = _payload(raw) if size else None
+    else:
+        scan = capture.body_scan(content_type, encoding, capture_content)
+        is_sse = isinstance(scan, SseScan)
+        size = scan.size
+        if scan.overflow:
+            record.error_type = "unparsed_response"  # too big to keep whole: said, not held
+        if is_sse:
+            if status == 200:
+                assert isinstance(scan, SseScan)
+                completed = _apply_stream(record, scan, texts)
+        elif size:
+            assert isinstance(scan, JsonScan)
+            payload = scan.payload()
+    if not is_sse and size:
+        if status is not None and status >= 400:
             _apply_error(record, payload)
         elif isinstance(payload, _MAPPING):
-            if record.operation == "count_tokens":
+            if operation == "count_tokens":
                 record.input_tokens = _int(payload.get("input_tokens"))
             else:
                 _apply_message(record, payload, texts)
             completed = True
-        elif capture.status_code == 200 and record.error_type is None:
+        elif status == 200 and record.error_type is None:
             record.error_type = "malformed_response"
 
     if capture.exception is not None and record.error_type is None:
         record.error_type = error_type_for_exception(capture.exception)
-    elif record.error_type is None and capture.status_code is not None and capture.status_code >= 400:
-        record.error_type = STATUS_ERROR_TYPES.get(capture.status_code, "api_error" if capture.status_code >= 500
-                                                   else "invalid_request_error")
-    elif record.error_type is None and capture.status_code == 200 and not completed:
+    elif record.error_type is None and status is not None and status >= 400:
+        record.error_type = STATUS_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    elif record.error_type is None and status == 200 and not completed:
         if is_sse:
             record.error_type = "client_closed" if capture.closed_early else "incomplete_stream"
-        elif capture.closed_early and not scan.size:
+        elif capture.closed_early and not size:
             record.error_type = "client_closed"
-    elif record.error_type is None and capture.status_code is None and capture.closed_early:
+    elif record.error_type is None and status is None and capture.closed_early:
         record.error_type = "client_closed"  # gone before any answer (a gateway client leaving mid-request)
 
     if capture_content:

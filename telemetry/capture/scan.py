@@ -21,13 +21,22 @@ import json
 import re
 import zlib
 from array import array
+from collections.abc import Iterable
 from typing import Any
 
 HOLD_BYTES = 64 * 1024  # raw response bytes a capture holds before it scans and lets them go
 JSON_CAP = 1024 * 1024  # a JSON body up to this size is parsed whole; above, scanned without content
 MAX_KEPT = 1024 * 1024  # bytes an SSE scan keeps at most (a pending event, kept payloads, kept text)
 _PARSED_EVENTS = frozenset({"message_start", "message_delta", "error"})
-_DELTA_LINE = b"event: content_block_delta\n"
+_TIME, _DROP, _STOP = object(), object(), object()
+# an event's first line as servers write it → what the scan does with the event. A content delta counts its
+# time whatever follows (only its time is needed); the others take this way only in the usual shape (one data
+# line after it), anything else goes the general way (`SseScan._block`), which gives the same for the usual
+_USUAL_HEADS: dict[bytes, object] = {
+    b"event: content_block_delta": _TIME, b"event: content_block_start": _DROP, b"event: content_block_stop": _DROP,
+    b"event: ping": _DROP, b"event: message_stop": _STOP,
+    **{b"event: " + name.encode(): name for name in _PARSED_EVENTS}}
+_USUAL_HEADS_TEXT = {k: v for k, v in _USUAL_HEADS.items() if v is not _TIME}  # content capture: deltas kept
 
 
 class _Inflate:
@@ -98,26 +107,54 @@ class SseScan:
         self._t_last = 0
 
     def feed(self, t: int, data: bytes) -> None:
-        self.size += len(data)
-        self._t_last = t
-        if self._inflate is not None:
-            data = self._inflate(data)
-        if self._pending:
-            data = self._pending + data
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n")
-        blocks = data.split(b"\n\n")
-        pending = blocks.pop()  # after the last blank line: an event still arriving (b"" when none)
-        if len(pending) > MAX_KEPT:  # an "event" this long is not one the record needs: drop it, say so
-            self.overflow = True
-            pending = b""
-        self._pending = pending
-        fast = not self._keep_text
-        for block in blocks:
-            if fast and block.startswith(_DELTA_LINE):  # most events: only their time matters
-                self.delta_times.append(t)
-            elif block:
-                self._block(block, t)
+        self.feed_many(((t, data),))
+
+    def feed_many(self, chunks: Iterable[tuple[int, bytes]]) -> None:
+        """Feed (arrival, bytes) chunks in order: one call for all a capture holds, the state in locals."""
+        inflate = self._inflate
+        pending = self._pending
+        times = self.delta_times
+        events = self.events
+        kept = self._kept
+        usual = _USUAL_HEADS if not self._keep_text else _USUAL_HEADS_TEXT
+        size = self.size
+        t = self._t_last
+        try:
+            for t, data in chunks:
+                size += len(data)
+                if inflate is not None:
+                    data = inflate(data)
+                if pending:
+                    data = pending + data
+                if b"\r" in data:
+                    data = data.replace(b"\r\n", b"\n")
+                blocks = data.split(b"\n\n")
+                pending = blocks.pop()  # after the last blank line: an event still arriving (b"" when none)
+                if len(pending) > MAX_KEPT:  # an "event" this long is not one the record needs: drop it, say so
+                    self.overflow = True
+                    pending = b""
+                for block in blocks:
+                    head, _, rest = block.partition(b"\n")
+                    kind = usual.get(head)
+                    if kind is _TIME:  # most events: only their time matters
+                        times.append(t)
+                    elif kind is None or not rest.startswith(b"data:") or b"\n" in rest:
+                        if block:  # not the usual shape (one event line, one data line): the general way
+                            self._block(block, t)
+                    elif kind is _STOP:
+                        self.completed = True
+                    elif kind is not _DROP:  # an event the record reads
+                        data = rest[5:].strip()
+                        kept += len(data)
+                        if kept > MAX_KEPT:
+                            self.overflow = True
+                        else:
+                            events.append((kind, data))
+        finally:
+            self._pending = pending
+            self.size = size
+            self._t_last = t
+            self._kept = kept
 
     def finish(self) -> None:
         """The body ended: an event left without its closing blank line still counts (as a parser of the
@@ -203,6 +240,10 @@ class JsonScan:
             self._scanning = True
             for part in parts:
                 self._scan(part)
+
+    def feed_many(self, chunks: Iterable[tuple[int, bytes]]) -> None:
+        for t, data in chunks:
+            self.feed(t, data)
 
     def finish(self) -> None:
         if self._inflate is not None:

@@ -128,8 +128,7 @@ class AttemptCapture:
         try:
             if self.scan is None:
                 self.scan = new_scan(self.header("content-type"), self.header("content-encoding"), self.keep_text)
-            for t, chunk in self.chunks:
-                self.scan.feed(t, chunk)
+            self.scan.feed_many(self.chunks)
         except Exception:  # never into the caller: the record says the body could not be parsed
             log.debug("foundry-telemetry: response scan failed", exc_info=True)
             self.scan = JsonScan()
@@ -141,8 +140,7 @@ class AttemptCapture:
                   ) -> SseScan | JsonScan:
         """For the pipeline thread: the whole body scanned (what was still held is fed in now)."""
         scan = self.scan or new_scan(content_type, encoding, capture_content or self.keep_text)
-        for t, chunk in self.chunks:
-            scan.feed(t, chunk)
+        scan.feed_many(self.chunks)
         scan.finish()
         return scan
 
