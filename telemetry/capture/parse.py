@@ -86,29 +86,28 @@ def _int(value: Any) -> int:
 
 
 def apply_usage(record: UsageRecord, usage: Any) -> None:
-    """Fold a `usage` object in; fields present override (message_delta usage is cumulative)."""
-    if not isinstance(usage, _MAPPING):
+    """Fold a `usage` object in; fields present override (message_delta usage is cumulative). A plain
+    non-negative int (every real count) is taken as it is, anything else as `_int` says."""
+    if type(usage) is not dict and not isinstance(usage, Mapping):
         return
     get = usage.get
     if (value := get("input_tokens")) is not None:
-        record.input_tokens = _int(value)
+        record.input_tokens = value if type(value) is int and value >= 0 else _int(value)
     if (value := get("output_tokens")) is not None:
-        record.output_tokens = _int(value)
+        record.output_tokens = value if type(value) is int and value >= 0 else _int(value)
     if (value := get("cache_creation_input_tokens")) is not None:
-        record.cache_creation_input_tokens = _int(value)
+        record.cache_creation_input_tokens = value if type(value) is int and value >= 0 else _int(value)
     if (value := get("cache_read_input_tokens")) is not None:
-        record.cache_read_input_tokens = _int(value)
-    creation = get("cache_creation")
-    if isinstance(creation, _MAPPING):
+        record.cache_read_input_tokens = value if type(value) is int and value >= 0 else _int(value)
+    if (creation := get("cache_creation")) is not None and isinstance(creation, _MAPPING):
         record.cache_creation_5m_input_tokens = _int(creation.get("ephemeral_5m_input_tokens"))
         record.cache_creation_1h_input_tokens = _int(creation.get("ephemeral_1h_input_tokens"))
-    server_tools = get("server_tool_use")
-    if isinstance(server_tools, _MAPPING):
+    if (server_tools := get("server_tool_use")) is not None and isinstance(server_tools, _MAPPING):
         record.web_search_requests = _int(server_tools.get("web_search_requests"))
 
 
 def _apply_message(record: UsageRecord, message: Any, texts: list[str] | None) -> None:
-    if not isinstance(message, _MAPPING):
+    if type(message) is not dict and not isinstance(message, Mapping):
         return
     get = message.get
     if isinstance(value := get("id"), str):

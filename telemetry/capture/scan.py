@@ -81,7 +81,9 @@ class _Inflate:
 
 
 def inflater(encoding: str | None) -> _Inflate | None:
-    encoding = (encoding or "").lower().strip()
+    if not encoding:
+        return None
+    encoding = encoding.lower().strip()
     return _Inflate(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
 
 

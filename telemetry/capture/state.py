@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,6 +25,28 @@ _DELTA = b"content_block_delta"
 @functools.lru_cache(maxsize=16)
 def _header_names(names: tuple[str, ...]) -> dict[bytes, str]:
     return {name.encode("ascii"): name for name in names}
+
+
+@functools.cache
+def _httpx_headers(cls: type) -> bool:
+    """httpx's or httpx2's own `Headers` (not a subclass): its entries can be read as they are stored."""
+    package = cls.__module__.partition(".")[0]
+    return package in ("httpx", "httpx2") and getattr(sys.modules.get(package), "Headers", None) is cls
+
+
+def _headers_from_list(headers: Any, names: tuple[str, ...]) -> dict[str, str]:
+    """What the raw-pairs way below gives, from the (raw key, lower-case key, value) entries httpx stores:
+    no list of pairs built, no key lower-cased again (a Foundry response carries ~20 headers)."""
+    out: dict[str, str] = {}
+    wanted = _header_names(names)
+    encoding = None
+    for _, key, value in headers._list:
+        name = wanted.get(key)
+        if name is not None:
+            encoding = encoding or headers.encoding
+            text = value.decode(encoding)
+            out[name] = f"{out[name]}, {text}" if name in out else text  # as `Headers.get` joins them
+    return out
 
 
 class AttemptCapture:
@@ -94,6 +117,11 @@ class AttemptCapture:
         headers = self.response_headers
         if headers is None:
             return out
+        if _httpx_headers(type(headers)):
+            try:
+                return _headers_from_list(headers, names)
+            except Exception:  # a changed httpx: the public way below
+                out = {}
         try:
             raw = getattr(headers, "raw", None) if hasattr(headers, "multi_items") else None
             if not isinstance(raw, list):
