@@ -28,6 +28,7 @@ HOLD_BYTES = 64 * 1024  # raw response bytes a capture holds before it scans and
 JSON_CAP = 1024 * 1024  # a JSON body up to this size is parsed whole; above, scanned without content
 MAX_KEPT = 1024 * 1024  # bytes an SSE scan keeps at most (a pending event, kept payloads, kept text)
 _PARSED_EVENTS = frozenset({"message_start", "message_delta", "error"})
+_DELTA_LINE = b"event: content_block_delta\n"
 _TIME, _DROP, _STOP = object(), object(), object()
 # an event's first line as servers write it → what the scan does with the event. A content delta counts its
 # time whatever follows (only its time is needed); the others take this way only in the usual shape (one data
@@ -118,7 +119,8 @@ class SseScan:
         times = self.delta_times
         events = self.events
         kept = self._kept
-        usual = _USUAL_HEADS if not self._keep_text else _USUAL_HEADS_TEXT
+        fast = not self._keep_text
+        usual = _USUAL_HEADS if fast else _USUAL_HEADS_TEXT
         size = self.size
         t = self._t_last
         try:
@@ -128,6 +130,10 @@ class SseScan:
                     data = inflate(data)
                 if pending:
                     data = pending + data
+                elif (fast and data.startswith(_DELTA_LINE) and data.find(b"\n\n") == len(data) - 2
+                      and b"\r" not in data):
+                    times.append(t)  # a chunk that is one content delta, whole: how a stream mostly arrives
+                    continue
                 if b"\r" in data:
                     data = data.replace(b"\r\n", b"\n")
                 blocks = data.split(b"\n\n")
@@ -136,22 +142,23 @@ class SseScan:
                     self.overflow = True
                     pending = b""
                 for block in blocks:
+                    if fast and block.startswith(_DELTA_LINE):  # most events: only their time matters
+                        times.append(t)
+                        continue
                     head, _, rest = block.partition(b"\n")
                     kind = usual.get(head)
-                    if kind is _TIME:  # most events: only their time matters
-                        times.append(t)
-                    elif kind is None or not rest.startswith(b"data:") or b"\n" in rest:
+                    if kind is None or not rest.startswith(b"data:") or b"\n" in rest:
                         if block:  # not the usual shape (one event line, one data line): the general way
                             self._block(block, t)
                     elif kind is _STOP:
                         self.completed = True
                     elif kind is not _DROP:  # an event the record reads
-                        data = rest[5:].strip()
-                        kept += len(data)
+                        payload = rest[5:].strip()
+                        kept += len(payload)
                         if kept > MAX_KEPT:
                             self.overflow = True
                         else:
-                            events.append((kind, data))
+                            events.append((kind, payload))
         finally:
             self._pending = pending
             self.size = size
