@@ -10,13 +10,14 @@ from typing import Any
 
 from opentelemetry.context import Context, get_current
 
-from ..context import Attribution, current_attribution
+from ..context import Attribution, _current
 from .state import AttemptCapture
 from .streams import attach
 
 log = logging.getLogger("telemetry")
 
 CAPTURED_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
+_attribution = _current.get  # `current_attribution()`, without its frame
 
 
 def is_messages_path(path: str) -> bool:
@@ -51,7 +52,7 @@ class Capturer:
                 operation_id=operation_id or uuid.uuid4().hex,
                 attempt=attempt,
                 url=url,
-                attribution=attribution if attribution is not None else current_attribution(),
+                attribution=attribution if attribution is not None else _attribution(),
                 otel_context=otel_context if otel_context is not None else get_current(),
                 body=body,
                 raw_body=raw_body,

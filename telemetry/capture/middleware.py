@@ -10,6 +10,8 @@ import httpx2
 
 from .hooks import Capturer, is_messages_path
 
+_captured: dict[str, bool] = {}  # request path → captured or not: a client calls a handful of them
+
 
 class TelemetryMiddleware(anthropic.Middleware):
     def __init__(self, capturer: Capturer, owner: object) -> None:
@@ -18,13 +20,24 @@ class TelemetryMiddleware(anthropic.Middleware):
 
     def _begin(self, request: Any) -> Any:
         try:
-            if request.method.upper() != "POST" or not is_messages_path(request.url):
+            options = request.options  # what `request.method`, `.url` and `.json` read, without a property each
+            method = options.method
+            if method != "POST" and method.upper() != "POST":
                 return None
+            url = options.url
+            captured = _captured.get(url)
+            if captured is None:
+                captured = is_messages_path(url)
+                if len(_captured) < 256:
+                    _captured[url] = captured
+            if not captured:
+                return None
+            body = options.json_data
             return self._capturer.begin(
-                url=request.url,
-                operation_id=request.options.idempotency_key,
+                url=url,
+                operation_id=options.idempotency_key,
                 attempt=request.retries_taken,
-                body=request.json if isinstance(request.json, dict) else None,
+                body=body if isinstance(body, dict) else None,
             )
         except Exception:
             return None

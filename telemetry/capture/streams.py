@@ -14,14 +14,20 @@ from typing import Any
 
 from .state import AttemptCapture
 
-# tees whose stream has not ended yet; `end_open_streams` finishes them at shutdown (as a finalizer would at exit)
-_open: weakref.WeakSet[Any] = weakref.WeakSet()
+# weak references to the tees whose stream has not ended yet; `end_open_streams` finishes them at shutdown (as a
+# finalizer would at exit). A plain set whose references discard themselves (`set.discard` is their callback):
+# a `WeakSet` costs two Python calls per stream, its `add` and its removal callback
+_open: set[weakref.ref[Any]] = set()
+_track = _open.add
+_untrack = _open.discard
 
 
 def end_open_streams() -> None:
     """Finish the captures of streams still open (the process is exiting): their partial usage is kept."""
-    for tee in list(_open):
-        tee._capture.end(closed_early=True)
+    for ref in _open.copy():  # a copy: a reference that dies meanwhile discards itself from `_open`, not from it
+        tee = ref()
+        if tee is not None:
+            tee._capture.end(closed_early=True)
 
 
 @functools.cache
@@ -30,7 +36,7 @@ def tee_classes(mod: ModuleType) -> tuple[type, type]:
         def __init__(self, inner: Any, capture: AttemptCapture) -> None:
             self._inner = inner
             self._capture = capture
-            _open.add(self)
+            _track(weakref.ref(self, _untrack))
 
         def __del__(self) -> None:  # garbage collected unread: cheaper than a weakref.finalize per call
             self._capture.end(closed_early=True)
@@ -59,7 +65,7 @@ def tee_classes(mod: ModuleType) -> tuple[type, type]:
         def __init__(self, inner: Any, capture: AttemptCapture) -> None:
             self._inner = inner
             self._capture = capture
-            _open.add(self)
+            _track(weakref.ref(self, _untrack))
 
         def __del__(self) -> None:  # garbage collected unread: cheaper than a weakref.finalize per call
             self._capture.end(closed_early=True)
