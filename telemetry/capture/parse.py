@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import itertools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -146,8 +147,8 @@ def _apply_stream(record: UsageRecord, scan: SseScan, texts: list[str] | None) -
             _apply_message(record, payload.get("message"), texts)
         elif event == "message_delta":
             delta = payload.get("delta") or {}
-            if isinstance(delta, _MAPPING) and isinstance(delta.get("stop_reason"), str):
-                record.finish_reason = delta["stop_reason"]
+            if isinstance(delta, _MAPPING) and isinstance(stop := delta.get("stop_reason"), str):
+                record.finish_reason = stop
             apply_usage(record, payload.get("usage"))
         elif event == "content_block_delta":
             delta = payload.get("delta") or {}
@@ -155,8 +156,7 @@ def _apply_stream(record: UsageRecord, scan: SseScan, texts: list[str] | None) -
                 texts.append(delta["text"])
         elif event == "error":
             _apply_error(record, payload)
-    times = scan.delta_times
-    record.chunk_gaps_ms = [(b - a) / 1e6 for a, b in zip(times, times[1:], strict=False)]
+    record.chunk_gaps_ms = [(b - a) / 1e6 for a, b in itertools.pairwise(scan.delta_times)]
     return scan.completed
 
 

@@ -145,15 +145,15 @@ class SseScan:
                     if fast and block.startswith(_DELTA_LINE):  # most events: only their time matters
                         times.append(t)
                         continue
-                    head, _, rest = block.partition(b"\n")
-                    kind = usual.get(head)
-                    if kind is None or not rest.startswith(b"data:") or b"\n" in rest:
-                        if block:  # not the usual shape (one event line, one data line): the general way
+                    nl = block.find(b"\n")  # the usual shape: one event line, one data line
+                    kind = usual.get(block[:nl]) if nl > 0 else None
+                    if kind is None or not block.startswith(b"data:", nl + 1) or block.find(b"\n", nl + 1) >= 0:
+                        if block:  # not the usual shape: the general way
                             self._block(block, t)
                     elif kind is _STOP:
                         self.completed = True
                     elif kind is not _DROP:  # an event the record reads
-                        payload = rest[5:].strip()
+                        payload = block[nl + 6:].strip()
                         kept += len(payload)
                         if kept > MAX_KEPT:
                             self.overflow = True
