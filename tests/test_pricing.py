@@ -268,3 +268,33 @@ def test_missing_price_file_and_bad_map(tmp_path):
         load_price_table(deployments="oops")
     with pytest.raises(PriceError, match="not a number"):
         load_price_table(deployments="a=claude-haiku-4-5*x")
+
+
+def test_mixed_token_kinds_sum_every_term_exactly():
+    """Terms without tokens are skipped when pricing: every mix of present and absent kinds (and a web search,
+    and a multiplier or none) gives the full five-term sum, exact, with the same exponent."""
+    import itertools
+    import random
+
+    table = load_price_table(deployments="usdz=claude-sonnet-4-5*1.1")
+    rng = random.Random(11)
+    for present in itertools.product((0, 1), repeat=6):
+        for deployment, multiplier in (("claude-sonnet-4-5", D(1)), ("usdz", D("1.1"))):
+            n = [rng.randrange(1, 300_000) * p for p in present]
+            record = UsageRecord(created_at=dt.datetime(2026, 6, 1, tzinfo=dt.UTC), operation_id="op", attempt=0,
+                                 deployment=deployment, model="claude-sonnet-4-5-20250929", input_tokens=n[0],
+                                 output_tokens=n[1], cache_read_input_tokens=n[2],
+                                 cache_creation_input_tokens=n[3] + n[4], cache_creation_5m_input_tokens=n[3],
+                                 cache_creation_1h_input_tokens=n[4], web_search_requests=n[5] % 50)
+            if not any(n[:5]) and not n[5] % 50:
+                assert table.cost(record) == 0
+                continue
+            period = table.price_of(record).period_at(record.created_at)
+            rates = period.rates
+            if period.tier is not None and n[0] + n[3] + n[4] + n[2] > period.tier.threshold:
+                rates = period.tier.rates
+            want = ((n[0] * rates.input + n[3] * rates.cache_write_5m + n[4] * rates.cache_write_1h
+                     + n[2] * rates.cache_read + n[1] * rates.output) / 1_000_000 * multiplier
+                    + (n[5] % 50) * table.web_search_per_1000 / 1000).quantize(D("1e-10"))
+            got = table.cost(record)
+            assert got == want and got.as_tuple() == want.as_tuple(), (present, deployment)

@@ -10,6 +10,7 @@ import httpx2
 
 from .hooks import Capturer, is_messages_path
 
+_POST = frozenset({"post", "POST"})  # as the SDK spells it, then as HTTP does: no `upper()` for either
 _captured: dict[str, bool] = {}  # request path → captured or not: a client calls a handful of them
 
 
@@ -22,7 +23,7 @@ class TelemetryMiddleware(anthropic.Middleware):
         try:
             options = request.options  # what `request.method`, `.url` and `.json` read, without a property each
             method = options.method
-            if method != "POST" and method.upper() != "POST":
+            if method not in _POST and method.upper() != "POST":
                 return None
             url = options.url
             captured = _captured.get(url)
