@@ -22,7 +22,7 @@ from .export import OtlpExporters, install_otlp, otlp_exporters
 from .finance.discount import Discounts, load_discounts
 from .health import Health
 from .otel import OTelSink, configure_azure_monitor_export
-from .pipeline import Pipeline, RecordSink, processing_here, when_done_here
+from .pipeline import Pipeline, RecordSink
 from .pricing import PriceTable, load_price_table
 from .settings import Settings, redact
 
@@ -69,9 +69,6 @@ def _install_sigterm() -> None:
             return
 
         def on_sigterm(signum: int, frame: Any) -> None:
-            if processing_here():  # landed inside a record's processing, which holds a lock the flush needs
-                when_done_here(lambda: on_sigterm(signum, frame))
-                return
             _shutdown_all()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.raise_signal(signal.SIGTERM)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -62,17 +61,10 @@ class Handoff(Generic[T]):
     def wait(self, timeout: float | None) -> None:
         self._event.wait(timeout)
 
-    def poke(self) -> None:
-        """Wake the consumer if it is in a long idle wait (work arrived that is not in the queue)."""
-        if self._sleeping:
-            self._sleeping = False
-            self._event.set()
-
-    def sleep(self, timeout: float | None, idle: Callable[[], bool] = lambda: True) -> None:
-        """An idle wait that the first `put` or `poke` ends (one wake-up per idle spell, not per call)."""
+    def sleep(self, timeout: float | None) -> None:
+        """An idle wait that the first `put` ends (one wake-up per idle spell, not per call)."""
         self._sleeping = True
-        # checked after the flag: a put or poke racing with us either sees the flag or is seen here
-        if not self._items and idle():
+        if not self._items:  # checked after the flag: a put racing with us either sees it or is seen here
             self._event.wait(timeout)
         self._sleeping = False
 

@@ -1,14 +1,5 @@
-"""Captures → records → sinks. A finished attempt is processed on the thread that finished it (parse,
-price, span and metrics, journal line, hand-off to the ledger's batch): CPU only, no I/O, no lock that
-I/O is done under. A worker thread does the rest: it writes the journal to the OS every `POLL_S` while
-calls arrive, and processes the captures a finalizer or the exit hook ended (those run where locks may
-already be held).
-
-Why not everything on a worker, as before: on CPython the hand-off itself cost more than the work. A
-worker waking every few milliseconds to find a handful of captures paid a timed wait, a GIL hand-off with
-the callers and a cold start of the parse and export code each time: ~100 µs per call on top of ~60 µs
-of work (bench/threads.py, README "Session 4"). Processed where it ends, the same work runs warm.
-"""
+"""The hand-off between the request path and everything slow: a bounded queue and one worker thread
+that turns captures into records, prices them, and feeds the sinks."""
 
 from __future__ import annotations
 
@@ -28,8 +19,8 @@ from .health import Health
 from .pricing import PriceTable
 from .record import UsageRecord
 
-# how often the worker writes the journal to the OS while calls arrive: the journal (and so what a SIGKILL
-# can lose) is never further behind the calls than this
+# how often the worker looks for captures when fewer than a batch are waiting: the journal (and so what a
+# SIGKILL can lose) is never further behind the calls than this
 POLL_S = 0.005
 # this many empty polls in a row (20 ms) and the worker sleeps until the next capture wakes it: each poll is a
 # timed wait (~50 µs CPU on this machine) plus a cold start of the code that follows, so at a few calls a second
@@ -40,21 +31,7 @@ IDLE_AFTER_POLLS = 4
 MAX_TOKENS_VALUE = 10**12
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_creation_5m_input_tokens",
                  "cache_creation_1h_input_tokens", "cache_read_input_tokens", "web_search_requests")
-_HOLD_S = 0.001  # longest stretch of deferred records processed without offering the GIL to the callers
-INLINE = True  # TEMP A/B
-_here = threading.local()  # `busy`: this thread is processing a record (it may hold the journal's lock)
-_after: list[Callable[[], None]] = []  # run once the interrupted processing on this thread is done
-
-
-def processing_here() -> bool:
-    """True while this thread is inside a record's processing: a signal handler that lands here must not
-    wait for the worker or the ledger, which may wait for a lock this thread holds."""
-    return getattr(_here, "busy", False)
-
-
-def when_done_here(fn: Callable[[], None]) -> None:
-    """Run `fn` when this thread's current processing ends (a signal handler's deferred work)."""
-    _after.append(fn)
+_HOLD_S = 0.001  # longest stretch of records processed without offering the GIL to the request threads
 
 
 class RecordSink(Protocol):
@@ -81,9 +58,9 @@ class Pipeline:
         self._emit = emit
         self._health = health
         self._capture_content = capture_content
-        # deferred captures and markers for the worker; it wakes for a batch, not per capture
+        # wake for a batch, not per call: each wake-up is a thread switch and a GIL hand-off the caller pays for
         self._queue: Handoff[AttemptCapture | threading.Event | None] = Handoff(queue_size, wake_at=256)
-        self._count_lock = threading.Lock()  # `processed` is bumped from every calling thread
+        self._lock = threading.Lock()  # one record at a time, worker or inline
         self._drained = [hook for sink in self._sinks if callable(hook := getattr(sink, "drained", None))]
         self._thread = threading.Thread(target=self._run, name="foundry-telemetry-pipeline", daemon=True)
         self._closed = False
@@ -91,44 +68,30 @@ class Pipeline:
         self._thread.start()
 
     def submit(self, capture: AttemptCapture) -> None:
-        """Called where an attempt ends; never raises, never blocks on I/O."""
+        """Called on the request path; O(1), never raises, never blocks."""
         try:
-            if (capture.deferred or not INLINE) and not self._closed:  # a finalizer or the exit hook: locks may be held here
-                if self._queue.put(capture):
-                    return
+            if self._closed:  # a stream finished after shutdown: still record it
+                self._process(capture)
+                return
+            if not self._queue.put(capture):
+                # never drop: finish it here, on the caller's thread, rather than lose it
                 self._health.failed("pipeline_queue_full", message="queue full; processing inline")
-            self._inline(capture)
+                self._process(capture)
         except Exception as exc:  # pragma: no cover
             self._health.failed("pipeline_submit", exc)
-
-    def _inline(self, capture: AttemptCapture) -> None:
-        nested = processing_here()  # a stream ended by a finalizer that ran inside another record's processing
-        _here.busy = True
-        try:
-            self._process(capture)
-        finally:
-            _here.busy = nested
-        self._queue.poke()  # the worker writes the journal within POLL_S (wakes it if it sleeps)
-        if _after and not nested:
-            for fn in _after[:]:  # a SIGTERM that landed while this thread held the journal's lock
-                _after.remove(fn)
-                fn()
 
     def _run(self) -> None:
         stop = False
         empty = 0
-        seen = self.processed
         clock = time.perf_counter
         while not stop:
             try:
-                if empty >= IDLE_AFTER_POLLS:  # the first record processed anywhere wakes it
-                    self._queue.sleep(1.0, idle=lambda seen=seen: self.processed == seen)
+                if empty >= IDLE_AFTER_POLLS:
+                    self._queue.sleep(1.0)
                 else:
                     self._queue.wait(POLL_S)
                 items = self._queue.drain()
-                active = bool(items) or self.processed != seen
-                seen = self.processed
-                empty = 0 if active else empty + 1
+                empty = 0 if items else empty + 1
                 held = clock()
                 for item in items:  # everything drained is processed, even after the stop marker
                     if item is None:
@@ -143,33 +106,32 @@ class Pipeline:
                             # every record) keeps the pipeline ahead of CPU-bound callers
                             time.sleep(0)
                             held = clock()
-                if active:  # what the callers and this thread journaled goes to the OS in one write
+                if items:
                     for hook in self._drained:
                         hook()
             except Exception as exc:  # never die: count it, say it, go on
                 self._health.failed("pipeline_loop", exc)
 
     def _process(self, capture: AttemptCapture) -> None:
-        """One record, on any thread (sinks' `write` must be thread-safe)."""
-        record = self._build(capture)
-        record.record_id = os.urandom(16).hex()  # as uuid4().hex: 128 random bits
-        try:
-            record.cost_usd = self._prices.cost(record)
-            record.discount = self._discounts.for_resource(record.resource)
-            record.billed_cost_usd = billed_cost(record.cost_usd, record.discount)
-        except Exception as exc:
-            self._health.failed("pricing", exc)
-        if self._emit is not None:
+        with self._lock:
+            record = self._build(capture)
+            record.record_id = os.urandom(16).hex()  # as uuid4().hex: 128 random bits
             try:
-                self._emit(record, capture)
+                record.cost_usd = self._prices.cost(record)
+                record.discount = self._discounts.for_resource(record.resource)
+                record.billed_cost_usd = billed_cost(record.cost_usd, record.discount)
             except Exception as exc:
-                self._health.failed("otel_export", exc)
-        for sink in self._sinks:
-            try:
-                sink.write(record)
-            except Exception as exc:
-                self._health.failed(f"sink_{type(sink).__name__}", exc)
-        with self._count_lock:
+                self._health.failed("pricing", exc)
+            if self._emit is not None:
+                try:
+                    self._emit(record, capture)
+                except Exception as exc:
+                    self._health.failed("otel_export", exc)
+            for sink in self._sinks:
+                try:
+                    sink.write(record)
+                except Exception as exc:
+                    self._health.failed(f"sink_{type(sink).__name__}", exc)
             self.processed += 1
 
     def _build(self, capture: AttemptCapture) -> UsageRecord:

@@ -32,7 +32,7 @@ class AttemptCapture:
     __slots__ = (
         "_submit", "operation_id", "attempt", "request_url", "wall_ns", "t0", "attribution", "otel_context",
         "body", "raw_body", "status_code", "response_headers", "url", "t_headers", "t_first_delta", "t_end",
-        "chunks", "exception", "closed_early", "exhausted", "done", "deferred", "_tail", "held", "scan", "keep_text",
+        "chunks", "exception", "closed_early", "exhausted", "done", "_tail", "held", "scan", "keep_text",
     )
 
     def __init__(
@@ -69,7 +69,6 @@ class AttemptCapture:
         self.closed_early = False
         self.exhausted = False
         self.done = False
-        self.deferred = False  # ended by a finalizer or at exit: processed on the pipeline thread
         self._tail = b""
         self.held = 0  # bytes in `chunks`
         self.scan: SseScan | JsonScan | None = None  # set once the body outgrew HOLD_BYTES
@@ -148,7 +147,7 @@ class AttemptCapture:
         return scan
 
     def end(self, *, exception: BaseException | None = None, closed_early: bool = False,
-            exhausted: bool = False, deferred: bool = False) -> None:
+            exhausted: bool = False) -> None:
         """Finish once; later calls (close after exhaustion, GC after close) are no-ops."""
         if self.done:
             return
@@ -157,7 +156,6 @@ class AttemptCapture:
         self.exception = exception
         self.closed_early = closed_early
         self.exhausted = exhausted
-        self.deferred = deferred
         try:
             self._submit(self)
         except Exception:  # pragma: no cover - the pipeline's submit is itself total

@@ -21,7 +21,7 @@ _open: weakref.WeakSet[Any] = weakref.WeakSet()
 def end_open_streams() -> None:
     """Finish the captures of streams still open (the process is exiting): their partial usage is kept."""
     for tee in list(_open):
-        tee._capture.end(closed_early=True, deferred=True)
+        tee._capture.end(closed_early=True)
 
 
 @functools.cache
@@ -33,7 +33,7 @@ def tee_classes(mod: ModuleType) -> tuple[type, type]:
             _open.add(self)
 
         def __del__(self) -> None:  # garbage collected unread: cheaper than a weakref.finalize per call
-            self._capture.end(closed_early=True, deferred=True)
+            self._capture.end(closed_early=True)
 
         def __iter__(self):  # type: ignore[no-untyped-def]
             capture = self._capture
@@ -62,7 +62,7 @@ def tee_classes(mod: ModuleType) -> tuple[type, type]:
             _open.add(self)
 
         def __del__(self) -> None:  # garbage collected unread: cheaper than a weakref.finalize per call
-            self._capture.end(closed_early=True, deferred=True)
+            self._capture.end(closed_early=True)
 
         async def __aiter__(self):  # type: ignore[no-untyped-def]
             capture = self._capture

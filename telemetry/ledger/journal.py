@@ -1,9 +1,8 @@
 """Append-only journal: every record reaches the OS (page cache) before it waits for a batch, so a
 SIGKILL, the OOM killer or a pod eviction loses (almost) nothing.
 
-Callers `add` records as their calls end (the line is encoded and kept in memory: no I/O on the
-caller's thread); the pipeline's worker `sync`s every few milliseconds while calls arrive: one `write(2)`
-for all the lines since the last. The writer thread `seal`s the current segment each time round its loop
+The pipeline thread `add`s records (buffered in user space) and `sync`s once per drained hand-off: one
+`write(2)` per batch of calls. The writer thread `seal`s the current segment each time round its loop
 (fsync, then a new segment) and `discard`s sealed segments once every record in them is durable in the
 ledger or the spool. Each live segment is held under an exclusive `flock`, which the kernel drops when the
 process dies however it dies; the next writer on the ledger `recover`s segments nobody holds into the spool,
@@ -78,68 +77,44 @@ class Journal:
         self._get = operator.attrgetter(*FIELDS)
         self._dumps = _line_encoder()
         self._current: Segment | None = None
-        self._pending: list[bytes] = []  # lines added, not yet written to the OS
-        self._dirty = False  # lines written to the current segment since the last seal
-        self.lock = threading.Lock()  # held only for memory work: callers' add (with the hand-off) vs the swaps
-        self._io = threading.Lock()  # file writes: the worker's sync vs the writer's seal
+        self._dirty = False  # records added since the last seal
+        self.lock = threading.Lock()  # pipeline thread (add/sync) vs writer thread (seal)
         self.sealed: list[Segment] = []
 
-    # -- callers' threads --------------------------------------------------------------------------
+    # -- pipeline thread ---------------------------------------------------------------------------
 
     def add(self, record: UsageRecord) -> None:
-        """Encode one record; call with `lock` held, together with handing it to the writer. No I/O."""
+        """Buffer one record; call with `lock` held, together with handing it to the writer."""
+        seg = self._current or self._open()
         values = list(self._get(record))
         values[_CREATED] = values[_CREATED].isoformat()
         for i in _DECIMALS:  # exact, as text (what `default=str` made of them, without a call back per value)
             if values[i] is not None:
                 values[i] = str(values[i])
-        self._pending.append(self._dumps(values))
-
-    # -- the pipeline's worker and the writer thread -----------------------------------------------
-
-    def _take(self) -> list[bytes]:
-        with self.lock:
-            lines, self._pending = self._pending, []
-        return lines
-
-    def _write(self, lines: list[bytes]) -> None:
-        """Call with `_io` held."""
-        seg = self._current or self._open()
-        seg.fh.write(b"".join(lines))
-        seg.fh.flush()
+        seg.fh.write(self._dumps(values))
         self._dirty = True
 
     def sync(self) -> None:
-        """To the page cache: from here a SIGKILL no longer loses these records. Lines that cannot be
-        written are dropped from the journal (their records are in the writer's queue all the same)."""
-        with self._io:
-            lines = self._take()
-            if lines:
-                self._write(lines)
+        """To the page cache: from here a SIGKILL no longer loses these records."""
+        with self.lock:
+            if self._current is not None and self._dirty:
+                self._current.fh.flush()
+
+    # -- writer thread -----------------------------------------------------------------------------
 
     def seal(self) -> None:
-        """Close the current segment (written, flushed and fsynced); records added from now on go to a new
-        one. Everything in a sealed segment has already been handed to the writer."""
-        error: Exception | None = None
-        with self._io:
-            lines = self._take()
-            if lines:
-                try:
-                    self._write(lines)
-                except Exception as exc:  # the segment (if any) is sealed all the same, then this is told
-                    error = exc
+        """Close the current segment (flushed and fsynced); records added from now on go to a new one.
+        Everything in a sealed segment has already been handed to the writer."""
+        with self.lock:
             seg = self._current
-            if seg is not None and self._dirty:
-                self._current = None
-                self._dirty = False
-            else:
-                seg = None
-        if seg is not None:
-            with contextlib.suppress(OSError):
-                os.fsync(seg.fh.fileno())
-            self.sealed.append(seg)  # stays open (and locked) until discarded
-        if error is not None:
-            raise error
+            if seg is None or not self._dirty:
+                return
+            self._current = None
+            self._dirty = False
+            seg.fh.flush()
+        with contextlib.suppress(OSError):
+            os.fsync(seg.fh.fileno())
+        self.sealed.append(seg)  # stays open (and locked) until discarded
 
     def discard(self) -> None:
         """Every record handed to the writer so far is durable: drop the sealed segments."""
@@ -151,8 +126,7 @@ class Journal:
 
     def close(self, durable: bool) -> None:
         """At shutdown: remove everything when it is all durable, else leave it for the next writer."""
-        with contextlib.suppress(Exception):  # unwritable: what was written stays for the next writer
-            self.seal()
+        self.seal()
         if durable:
             self.discard()
         else:

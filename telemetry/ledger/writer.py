@@ -69,7 +69,7 @@ class LedgerWriter:
         if start:
             self._thread.start()
 
-    # -- called from the callers' threads (and the pipeline's worker) -----------------------------
+    # -- called from the pipeline thread ---------------------------------------------------------
 
     def write(self, record: UsageRecord) -> None:
         if self._closed:  # after shutdown: straight to the spool, replayed by the next writer
@@ -79,7 +79,7 @@ class LedgerWriter:
         if journal is not None:
             with journal.lock:  # journaled and handed over together: a seal never splits the two
                 try:
-                    journal.add(record)  # encoded into memory; the pipeline's worker writes it out
+                    journal.add(record)
                 except Exception as exc:
                     self.health.failed("journal_write", exc)
                 queued = self._queue.put(record)
@@ -89,8 +89,7 @@ class LedgerWriter:
             self._to_spool([record], "ledger queue full")
 
     def drained(self) -> None:
-        """The pipeline's worker, every few ms while calls arrive: everything journaled so far goes to the
-        OS in one write."""
+        """The pipeline finished a hand-off: everything journaled so far goes to the OS in one write."""
         if self.journal is not None:
             try:
                 self.journal.sync()
@@ -131,8 +130,8 @@ class LedgerWriter:
                 busy = self._held or self._has_spool()
                 timeout = interval if not batch else max(0.0, deadline - time.monotonic())
                 self._queue.wait(min(timeout, self._backoff) if busy else timeout)
-                if self.journal is not None:  # all it holds is in the queue now, drained just below
-                    self._safely("journal_write", self.journal.seal)
+                if self.journal is not None:
+                    self.journal.seal()  # all it holds is in the queue now, drained just below
                 markers: list[_Marker] = []
                 stop = False
                 for item in self._queue.drain():
