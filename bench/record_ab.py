@@ -5,12 +5,16 @@ The old code is a git ref's `telemetry` package, extracted to a temporary folder
 imports itself only relatively), so both run side by side on captures each made itself from the same mock SDK
 calls. Figures: per stage, the median and min over rounds of old and new (µs, `time.process_time`), their ratio,
 and function calls per record (cProfile: exact, load-independent).
+With --instructions, each stage is counted instead by callgrind (bench/instructions.py's helper): instructions
+per call, the same whatever else the machine runs (needs valgrind and gcc; ~1–2 min).
 Usage: python bench/record_ab.py [REF (default main)] [ROUNDS (default 15)] [N per block (default 200)]
+       python bench/record_ab.py --instructions [REF] [N per block (default 100)]
 """
 
 from __future__ import annotations
 
 import cProfile
+import gc
 import importlib
 import pstats
 import statistics
@@ -118,11 +122,7 @@ def calls(fn: Callable[[], Any], n: int) -> float:
     return sum(st[1] for st in pstats.Stats(prof).stats.values()) / n  # type: ignore[attr-defined]
 
 
-def main() -> None:
-    ref = sys.argv[1] if len(sys.argv) > 1 else "main"
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 15
-    n = int(sys.argv[3]) if len(sys.argv) > 3 else 200
-    tmp = Path(tempfile.mkdtemp())
+def build_stages(ref: str, tmp: Path) -> tuple[list[Side], dict[str, list[Callable[[], Any]]]]:
     import telemetry
     sides = [Side(old_package(ref, tmp / "old"), "old", tmp), Side(telemetry, "new", tmp)]
     stages: dict[str, list[Callable[[], Any]]] = {}
@@ -140,6 +140,70 @@ def main() -> None:
         stages.setdefault("Journal.add", []).append(lambda s=side, it=it2: s.journal.add(next(it)))
         for label, fn in side.request_calls():
             stages.setdefault(f"SDK call (request path + SDK), {label}", []).append(fn)
+    return sides, stages
+
+
+def instructions(ref: str, n: int, child_lib: str | None = None) -> None:
+    """Every stage old and new under callgrind (this script again, as `--child`), counters zeroed and dumped
+    around each block."""
+    import ctypes
+    import os
+    import re
+    import shutil
+
+    from instructions import _build
+
+    if child_lib is not None:
+        cg = ctypes.CDLL(child_lib)
+        sides, stages = build_stages(ref, Path(tempfile.mkdtemp()))
+        for key, fns in stages.items():
+            m = n if not key.startswith("SDK call") else max(n // 5, 5)
+            for side, fn in zip(sides, fns, strict=True):
+                for _ in range(10):
+                    fn()
+                gc.collect()
+                gc.disable()  # a collection lands in whichever block it falls in: none in any
+                cg.zero()
+                for _ in range(m):
+                    fn()
+                cg.dump(f"{key}|{side.name}|{m}".encode())
+                gc.enable()
+        for side in sides:
+            side.tel.shutdown()
+        return
+    if not shutil.which("valgrind") or not shutil.which("gcc"):
+        sys.exit("bench/record_ab.py: --instructions needs valgrind and gcc on PATH")
+    tmp = Path(tempfile.mkdtemp())
+    lib = _build(tmp)
+    out = tmp / "callgrind.out"
+    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
+                    "--child", str(lib), ref, str(n)], check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
+                   stderr=subprocess.DEVNULL)
+    found: dict[str, dict[str, float]] = {}
+    for path in tmp.glob("callgrind.out*"):
+        text = path.read_text(errors="replace")
+        trigger = re.search(r"^desc: Trigger: Client Request: (.+)\|(old|new)\|(\d+)$", text, re.M)
+        total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+        if trigger and total:
+            found.setdefault(trigger.group(1), {})[trigger.group(2)] = int(total.group(1)) / int(trigger.group(3))
+    print(f"instructions per call (callgrind, GC off in the blocks), old = {ref}, new = working tree, {n} calls a "
+          f"block ({max(n // 5, 5)} for SDK calls)")
+    print(f"{'stage':52} {'old':>10} {'new':>10} {'new/old':>8}")
+    for key, got in found.items():
+        print(f"{key:52} {got['old']:10,.0f} {got['new']:10,.0f} {got['new'] / got['old']:8.2f}")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        instructions(sys.argv[3], int(sys.argv[4]), child_lib=sys.argv[2])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--instructions":
+        instructions(sys.argv[2] if len(sys.argv) > 2 else "main", int(sys.argv[3]) if len(sys.argv) > 3 else 100)
+        return
+    ref = sys.argv[1] if len(sys.argv) > 1 else "main"
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 15
+    n = int(sys.argv[3]) if len(sys.argv) > 3 else 200
+    sides, stages = build_stages(ref, Path(tempfile.mkdtemp()))
     results: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in stages}
     counts = {k: (calls(old, 50), calls(new, 50)) for k, (old, new) in stages.items()}
     for r in range(rounds):
