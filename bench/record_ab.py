@@ -48,18 +48,26 @@ def old_package(ref: str, where: Path) -> ModuleType:
     return importlib.import_module("telemetry_ab_old")
 
 
+# what a Foundry response carries besides the body (~20 headers), for the "as a network delivers it" variants
+NET_HEADERS = [
+    ("date", "Tue, 01 Dec 2026 16:00:00 GMT"), ("connection", "keep-alive"),
+    ("request-id", "req_011CVabcdef0123456789"),
+    ("apim-request-id", "0f8e0e5e-1c3b-4b8f-9d55-3f1f7b2d8a11"), ("strict-transport-security", "max-age=31536000"),
+    ("x-content-type-options", "nosniff"), ("x-ms-region", "East US 2"), ("x-ms-rai-invoked", "true"),
+    *[(f"anthropic-ratelimit-{kind}-{what}", "2026-12-01T16:00:01Z" if what == "reset" else "4000")
+      for kind in ("input-tokens", "output-tokens", "requests") for what in ("limit", "remaining", "reset")],
+    ("x-envoy-upstream-service-time", "512"), ("azureml-model-session", "d20251101-1-12345678"),
+]
+
+
 def _chunked_sse(request: Any) -> Any:
     """The stream as a network delivers it: one chunk per event, through the tee."""
     parts = [p + b"\n\n" for p in _SSE.split(b"\n\n") if p]
-    return httpx2.Response(200, headers={
-        "request-id": "req_0123456789abcdef01234567", "apim-request-id": "0f8e0e5e-1c3b-4b8f-9d55-3f1f7b2d8a11",
-        "content-type": "text/event-stream"}, content=iter(parts))
+    return httpx2.Response(200, headers=[*NET_HEADERS, ("content-type", "text/event-stream")], content=iter(parts))
 
 
 def _chunked_json(request: Any) -> Any:
-    return httpx2.Response(200, headers={
-        "request-id": "req_0123456789abcdef01234567", "apim-request-id": "0f8e0e5e-1c3b-4b8f-9d55-3f1f7b2d8a11",
-        "content-type": "application/json"}, content=iter([_MESSAGE]))
+    return httpx2.Response(200, headers=[*NET_HEADERS, ("content-type", "application/json")], content=iter([_MESSAGE]))
 
 
 def _stream_chunked(client: Any) -> None:
@@ -85,8 +93,8 @@ class Side:
             http_client=httpx2.Client(transport=httpx2.MockTransport(_chunked_json))))
         self.kinds: dict[str, list[Any]] = {}
         for kind, client, call in (("create", self.mock, _create), ("stream", self.mock, _stream),
-                                   ("create, tee'd", self.net_json, _create),
-                                   ("stream, 1 chunk/event", self.net_sse, _stream_chunked)):
+                                   ("create, tee'd, 20 headers", self.net_json, _create),
+                                   ("stream, 1 chunk/event, 20 headers", self.net_sse, _stream_chunked)):
             self.captures.clear()
             for _ in range(20):
                 call(client)
@@ -97,8 +105,8 @@ class Side:
 
     def request_calls(self) -> list[tuple[str, Callable[[], Any]]]:
         return [("create", lambda: _create(self.mock)), ("stream", lambda: _stream(self.mock)),
-                ("create, tee'd", lambda: _create(self.net_json)),
-                ("stream, 1 chunk/event", lambda: _stream_chunked(self.net_sse))]
+                ("create, tee'd, 20 headers", lambda: _create(self.net_json)),
+                ("stream, 1 chunk/event, 20 headers", lambda: _stream_chunked(self.net_sse))]
 
 
 def cycle(items: list[Any]) -> Iterator[Any]:

@@ -39,12 +39,16 @@ def _headers_from_list(headers: Any, names: tuple[str, ...]) -> dict[str, str]:
     no list of pairs built, no key lower-cased again (a Foundry response carries ~20 headers)."""
     out: dict[str, str] = {}
     wanted = _header_names(names)
-    encoding = None
+    explicit = headers._encoding  # None until `encoding` is set or first read
     for _, key, value in headers._list:
         name = wanted.get(key)
         if name is not None:
-            encoding = encoding or headers.encoding
-            text = value.decode(encoding)
+            if explicit is not None:
+                text = value.decode(explicit)
+            elif value.isascii():  # what the guessed encoding (ascii, utf-8 or latin-1) makes of it, without
+                text = value.decode("ascii")  # the guess: it decodes every header of the response to choose
+            else:
+                text = value.decode(headers.encoding)
             out[name] = f"{out[name]}, {text}" if name in out else text  # as `Headers.get` joins them
     return out
 
