@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -20,6 +21,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import names as n
 from .capture.state import AttemptCapture
+from .otel_shortcuts import HistogramShortcut, SpanShortcut
 from .record import UsageRecord
 
 log = logging.getLogger("telemetry")
@@ -87,10 +89,11 @@ class _Totals:
 class _MetricKey:
     """The attribute sets one low-cardinality key needs, built once and reused for every record with it."""
 
-    __slots__ = ("base", "input", "output", "counted", "cache")
+    __slots__ = ("base", "input", "output", "counted", "cache", "cached")
 
-    def __init__(self, base: dict[str, Any]) -> None:
+    def __init__(self, base: dict[str, Any], cached: bool) -> None:
         self.base = base
+        self.cached = cached  # kept in the sink's cache: its dicts live on, and histogram shortcuts may key on them
         self.input = {**base, **n.TOKEN_HISTOGRAMS["input"][1]}  # gen_ai.token.type, unless the newest names
         self.output = {**base, **n.TOKEN_HISTOGRAMS["output"][1]}
         self.counted = {**base, **n.TOKEN_COUNTER_ATTRIBUTES}  # the newest conventions' token counters
@@ -98,8 +101,11 @@ class _MetricKey:
 
 
 class OTelSink:
-    def __init__(self, tracer_provider: Any = None, meter_provider: Any = None) -> None:
+    """`shortcuts=False` keeps to the public OpenTelemetry API only (the tests compare both paths)."""
+
+    def __init__(self, tracer_provider: Any = None, meter_provider: Any = None, shortcuts: bool = True) -> None:
         self._tracer = trace.get_tracer(n.INSTRUMENTATION_SCOPE, VERSION, tracer_provider=tracer_provider)
+        self._span_shortcut = SpanShortcut(self._tracer, shortcuts)
         meter = metrics.get_meter(n.INSTRUMENTATION_SCOPE, VERSION, meter_provider=meter_provider)
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
@@ -120,6 +126,13 @@ class OTelSink:
         self._tpoc = meter.create_histogram(
             n.METRIC_TPOC, unit="s", description="Time between streamed content chunks",
             explicit_bucket_boundaries_advisory=list(n.DURATION_BUCKETS))
+        fast = {id(h): HistogramShortcut(h, shortcuts) for h in (*by_name.values(), self._duration, self._ttfc,
+                                                                  self._tpoc)}
+        self._tokens_in_fast = fast[id(self._tokens_in)]
+        self._tokens_out_fast = fast[id(self._tokens_out)]
+        self._duration_fast = fast[id(self._duration)]
+        self._ttfc_fast = fast[id(self._ttfc)]
+        self._tpoc_fast = fast[id(self._tpoc)]
         self._cost = _Totals()
         self._cache = _Totals()
         meter.create_observable_counter(n.METRIC_COST, callbacks=[self._cost.observe], unit="USD",
@@ -140,13 +153,17 @@ class OTelSink:
     def _span(self, record: UsageRecord, capture: AttemptCapture) -> None:
         start_ns = capture.wall_ns
         end_ns = start_ns + int((record.latency_ms or 0) * 1e6)
+        attrs = span_attributes(record)
+        shortcut = self._span_shortcut.active()  # the sampler does not read attributes: set them after it ran
         span = self._tracer.start_span(
             f"{record.operation} {record.deployment or 'unknown'}",
             context=capture.otel_context,
             kind=SpanKind.CLIENT,
             start_time=start_ns,
-            attributes=span_attributes(record),
+            attributes=None if shortcut else attrs,
         )
+        if shortcut and span.is_recording() and not self._span_shortcut.fill(span, attrs):
+            span.set_attributes(attrs)
         ctx = span.get_span_context()
         if ctx.is_valid:
             record.trace_id = f"{ctx.trace_id:032x}"
@@ -159,25 +176,31 @@ class OTelSink:
         key = (r.operation, r.deployment, r.model, r.server_address, r.error_type, r.team, r.project)
         cached = self._keys.get(key)
         if cached is None:
-            cached = _MetricKey(metric_attributes(r))
-            if len(self._keys) < _MAX_KEYS:
+            keep = len(self._keys) < _MAX_KEYS
+            cached = _MetricKey(metric_attributes(r), keep)
+            if keep:
                 self._keys[key] = cached
         return cached
 
     def _metrics(self, record: UsageRecord) -> None:
         k = self._key(record)
         attrs = k.base
+        if k.cached:  # attribute sets that live on: their SDK aggregations are resolved once
+            tokens_in, tokens_out = self._tokens_in_fast.record, self._tokens_out_fast.record
+            duration, ttfc, tpoc = self._duration_fast.record, self._ttfc_fast.record, self._tpoc_fast.record
+        else:
+            tokens_in, tokens_out, duration, ttfc, tpoc = (partial(h.record, context=_NO_CONTEXT) for h in (
+                self._tokens_in, self._tokens_out, self._duration, self._ttfc, self._tpoc))
         if record.status_code == 200 or record.total_input_tokens or record.output_tokens:
-            self._tokens_in.record(record.total_input_tokens, k.input, _NO_CONTEXT)
-            self._tokens_out.record(record.output_tokens, k.output, _NO_CONTEXT)
+            tokens_in(record.total_input_tokens, k.input)
+            tokens_out(record.output_tokens, k.output)
             if self._usage:
                 self._usage_counters(record, k.counted)
-        self._duration.record((record.latency_ms or 0) / 1000, attrs, _NO_CONTEXT)
+        duration((record.latency_ms or 0) / 1000, attrs)
         if record.ttft_ms is not None:
-            self._ttfc.record(record.ttft_ms / 1000, attrs, _NO_CONTEXT)
-        record_gap = self._tpoc.record
+            ttfc(record.ttft_ms / 1000, attrs)
         for gap in record.chunk_gaps_ms:
-            record_gap(gap / 1000, attrs, _NO_CONTEXT)
+            tpoc(gap / 1000, attrs)
         if record.cost_usd is not None:
             self._cost.add(attrs, record.cost_usd)  # summed exactly (Decimal), a float only when exported
         for kind, value in (("read", record.cache_read_input_tokens),

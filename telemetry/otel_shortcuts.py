@@ -1,0 +1,226 @@
+"""Shortcuts into the OpenTelemetry SDK for what we record on every attempt, each checked and self-disabling.
+
+The public API re-does per record what is the same for every record with the same key: it cleans and copies a
+span's ~30 attributes one by one, and for every histogram point cleans, copies, sorts and hashes its attribute
+set to find the aggregation it goes to (~15 µs a point). These shortcuts reach the SDK objects the public path
+would reach, and hand them exactly what it would hand them:
+
+- spans: attributes already in the SDK's clean types go straight into the span's attribute store, the empty
+  event and link lists are dropped before the span ends, and the store's lock is shared (each of these is a
+  GC-tracked object every span waiting for its batch export keeps alive, and their number paces the full GC);
+- histograms: a point goes straight to the SDK aggregations its attribute set resolved to (resolved once,
+  through the SDK's own cleaning and hashing, after a first point recorded through the public `record()`).
+
+Every shortcut first checks the SDK objects are the types and shape it was written for (the SDK's own
+`Tracer`, `_Span`, `BoundedAttributes`, a sampler known not to read attributes, span processors that do not
+hook span ending; the SDK's `_Histogram`, a synchronous measurement consumer, an exemplar filter that never
+samples a context-less point) and otherwise uses the public API, so an SDK upgrade that changes them falls back,
+never records wrong. tests/test_otel_shortcuts.py proves both paths export the same data.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from importlib.metadata import version
+from time import time_ns
+from typing import Any
+
+from opentelemetry.context import Context
+
+# the SDK releases these shortcuts were checked against, field by field (a new one: re-check, then add it; until
+# then the public API, and tests/test_otel_shortcuts.py fails to say so)
+TESTED_SDK = ("1.45",)
+SDK_VERSION = ""
+
+try:  # the SDK's private structure, as of opentelemetry-sdk 1.45 (checked again at every use)
+    from opentelemetry.attributes import BoundedAttributes, _clean_attribute_value
+    from opentelemetry.sdk.metrics._internal._view_instrument_match import _hash_attributes
+    from opentelemetry.sdk.metrics._internal.exemplar.exemplar_filter import (
+        AlwaysOffExemplarFilter,
+        TraceBasedExemplarFilter,
+    )
+    from opentelemetry.sdk.metrics._internal.instrument import _Histogram
+    from opentelemetry.sdk.metrics._internal.measurement import Measurement
+    from opentelemetry.sdk.metrics._internal.measurement_consumer import SynchronousMeasurementConsumer
+    from opentelemetry.sdk.trace import (
+        ConcurrentMultiSpanProcessor,
+        SpanProcessor,
+        SynchronousMultiSpanProcessor,
+        _Span,
+    )
+    from opentelemetry.sdk.trace import Tracer as _SdkTracer
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    from opentelemetry.sdk.util import BoundedList
+
+    SDK_VERSION = version("opentelemetry-sdk")
+    AVAILABLE = SDK_VERSION.startswith(tuple(v + "." for v in TESTED_SDK))
+    _NO_END_HOOK = frozenset({BatchSpanProcessor, SimpleSpanProcessor})  # their `_on_ending` is a `pass`
+except Exception:  # pragma: no cover - another SDK layout: the public API everywhere
+    AVAILABLE = False
+
+_NO_CONTEXT = Context()
+_CLEAN = frozenset({str, int, float, bool})  # values the SDK's cleaning returns unchanged
+# samplers whose decision does not read the span's attributes (so they may be set after the sampler ran);
+# matched by exact type, a subclass may override `should_sample`
+_ATTRIBUTE_BLIND_SAMPLERS = frozenset({
+    ("opentelemetry.sdk.trace.sampling", "StaticSampler"),
+    ("opentelemetry.sdk.trace.sampling", "TraceIdRatioBased"),
+    ("opentelemetry.sdk.trace.sampling", "ParentBasedTraceIdRatio"),
+    ("opentelemetry.sdk.trace.sampling", "ParentBased"),
+    ("azure.monitor.opentelemetry.exporter.export.trace._sampling", "ApplicationInsightsSampler"),
+    ("azure.monitor.opentelemetry.exporter.export.trace._rate_limited_sampling", "RateLimitedSampler"),
+})
+_SHARED_LOCK = threading.Lock()  # for finished spans' attribute stores, which nothing may write any more
+
+
+def _clean(value: Any) -> bool:
+    t = type(value)
+    return t in _CLEAN or (t is tuple and all(type(v) is str for v in value))
+
+
+def _sampler_blind(sampler: Any) -> bool:
+    cls = type(sampler)
+    if (cls.__module__, cls.__qualname__) not in _ATTRIBUTE_BLIND_SAMPLERS:
+        return False
+    if cls.__name__.startswith("ParentBased"):
+        return all(_sampler_blind(getattr(sampler, name, None)) for name in (
+            "_root", "_remote_parent_sampled", "_remote_parent_not_sampled", "_local_parent_sampled",
+            "_local_parent_not_sampled"))
+    return True
+
+
+class SpanShortcut:
+    """Decides, per tracer, whether a span's attributes may skip the SDK's per-attribute cleaning."""
+
+    def __init__(self, tracer: Any, enabled: bool = True) -> None:
+        self._tracer = tracer
+        self._enabled = enabled and AVAILABLE and type(tracer) is _SdkTracer
+        self._sampler: Any = None
+        self._sampler_ok = False
+        self._processors: Any = None
+        self._processors_ok = False
+        self.used = 0  # spans that took the shortcut (tests check it is taken where it should be)
+
+    def active(self) -> bool:
+        """True when `start_span` may be called without attributes and `fill` will put them in."""
+        if not self._enabled:
+            return False
+        sampler = self._tracer.sampler
+        if sampler is not self._sampler:
+            self._sampler, self._sampler_ok = sampler, _sampler_blind(sampler)
+        return self._sampler_ok
+
+    def _end_hooks_free(self) -> bool:
+        """No span processor does anything when a span ends but before it is readable (`_on_ending`)."""
+        multi = self._tracer.span_processor
+        if type(multi) not in (SynchronousMultiSpanProcessor, ConcurrentMultiSpanProcessor):
+            return False
+        processors = getattr(multi, "_span_processors", None)
+        if processors is not self._processors:
+            self._processors = processors
+            self._processors_ok = isinstance(processors, tuple) and all(
+                type(p) in _NO_END_HOOK or getattr(type(p), "_on_ending", None) is SpanProcessor._on_ending
+                for p in processors)
+        return self._processors_ok
+
+    def fill(self, span: Any, attrs: dict[str, Any]) -> bool:
+        """Put `attrs` into a span started without them, as `start_span(attributes=attrs)` would have.
+
+        False (nothing done) when the span is not the SDK's: the caller then sets them the public way.
+        """
+        if type(span) is not _Span:
+            return False
+        store = span._attributes
+        if type(store) is not BoundedAttributes or type(getattr(store, "_dict", None)) is not dict:
+            return False
+        given = store._dict  # what the sampler added (it saw no attributes of ours)
+        merged = {**attrs, **given} if given else attrs  # a sampler's own keys win and come last, as before
+        if (store.maxlen is None or len(merged) <= store.maxlen) and store.max_value_len is None and all(
+                _clean(v) for v in attrs.values()):
+            store._dict = merged
+        else:  # limits or odd values: the SDK's own cleaning, on what start_span would have given it
+            store._dict = {}
+            store.dropped = 0
+            store._set_items(merged)
+        if (type(span._events) is BoundedList and type(span._links) is BoundedList and not span._events
+                and not span._links and self._end_hooks_free()):
+            span._events = span._links = ()  # read back as `tuple(...)`, dropped counts 0 as before
+            store._lock = _SHARED_LOCK
+        self.used += 1
+        return True
+
+
+class _Resolved:
+    """The SDK aggregations one (histogram, attribute set) records into, for one set of metric readers."""
+
+    __slots__ = ("storages", "aggregations")
+
+    def __init__(self, storages: Any, aggregations: tuple[Any, ...]) -> None:
+        self.storages = storages
+        self.aggregations = aggregations
+
+
+class HistogramShortcut:
+    """`histogram.record(value, attrs)` for attribute sets resolved once to the SDK's aggregations.
+
+    `attrs` must be a dict that is never mutated (the sink's cached attribute sets): it is cached by identity.
+    """
+
+    def __init__(self, histogram: Any, enabled: bool = True, max_sets: int = 4096) -> None:
+        self._histogram = histogram
+        self._enabled = enabled and AVAILABLE
+        self._resolved: dict[int, tuple[dict[str, Any], _Resolved]] = {}
+        self._lock = threading.Lock()
+        self._max_sets = max_sets
+        self.used = 0  # points that took the shortcut
+
+    def _target(self) -> Any:
+        """The SDK histogram behind the instrument (a proxy's real instrument once there is one), or None."""
+        h = self._histogram
+        if type(h) is not _Histogram:
+            h = getattr(h, "_real_instrument", None)
+            if type(h) is not _Histogram:
+                return None
+        consumer = getattr(h, "_measurement_consumer", None)
+        if type(consumer) is not SynchronousMeasurementConsumer:
+            return None
+        config = getattr(consumer, "_sdk_config", None)
+        if type(getattr(config, "exemplar_filter", None)) not in (TraceBasedExemplarFilter, AlwaysOffExemplarFilter):
+            return None  # an exemplar filter that may sample a point needs the point's attributes: public path
+        if not h._is_enabled():
+            return None
+        return h
+
+    def record(self, value: float, attrs: dict[str, Any]) -> None:
+        h = self._target() if self._enabled else None
+        if h is None or not (math.isfinite(value) and value >= 0):  # the public path warns and drops those
+            self._histogram.record(value, attrs, _NO_CONTEXT)
+            return
+        storages = h._measurement_consumer._reader_storages
+        entry = self._resolved.get(id(attrs))
+        if entry is None or entry[0] is not attrs or entry[1].storages is not storages:
+            h.record(value, attrs, _NO_CONTEXT)  # the first point the public way: the SDK creates the aggregations
+            self._resolve(h, attrs, storages)
+            return
+        # as the SDK's record(): a trace-based or always-off exemplar filter never samples a context-less point,
+        # so the measurement's attributes are read by nothing past this point
+        m = Measurement(value, time_ns(), h, _NO_CONTEXT, None)
+        for aggregation in entry[1].aggregations:
+            aggregation.aggregate(m, False)
+        self.used += 1
+
+    def _resolve(self, h: Any, attrs: dict[str, Any], storages: Any) -> None:
+        try:
+            cleaned = _clean_attribute_value(attrs, None)
+            found = []
+            for storage in storages.values():
+                for match in storage._instrument_view_instrument_matches[h]:
+                    keys = match._view._attribute_keys
+                    a = dict(cleaned) if keys is None else {k: v for k, v in cleaned.items() if k in keys}
+                    found.append(match._attributes_aggregation[_hash_attributes(a)])
+        except Exception:  # not the structure expected: this attribute set stays on the public path
+            return
+        with self._lock:
+            if len(self._resolved) < self._max_sets:
+                self._resolved[id(attrs)] = (attrs, _Resolved(storages, tuple(found)))
