@@ -74,9 +74,16 @@ _ATTRIBUTE_BLIND_SAMPLERS = frozenset({
 _SHARED_LOCK = threading.Lock()  # for finished spans' attribute stores, which nothing may write any more
 
 
-def _clean(value: Any) -> bool:
-    t = type(value)
-    return t in _CLEAN or (t is tuple and all(type(v) is str for v in value))
+_CLEAN_OR_TUPLE = _CLEAN | {tuple}
+
+
+def _all_clean(values: Any) -> bool:
+    """Every value is one the SDK's cleaning keeps as it is (tuples of strings included)."""
+    types = set(map(type, values))
+    if types <= _CLEAN:
+        return True
+    return types <= _CLEAN_OR_TUPLE and all(
+        type(v) is not tuple or all(type(x) is str for x in v) for v in values)
 
 
 def _sampler_blind(sampler: Any) -> bool:
@@ -136,8 +143,8 @@ class SpanShortcut:
             return False
         given = store._dict  # what the sampler added (it saw no attributes of ours)
         merged = {**attrs, **given} if given else attrs  # a sampler's own keys win and come last, as before
-        if (store.maxlen is None or len(merged) <= store.maxlen) and store.max_value_len is None and all(
-                _clean(v) for v in attrs.values()):
+        if (store.maxlen is None or len(merged) <= store.maxlen) and store.max_value_len is None and _all_clean(
+                attrs.values()):
             store._dict = merged
         else:  # limits or odd values: the SDK's own cleaning, on what start_span would have given it
             store._dict = {}
