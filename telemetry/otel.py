@@ -106,6 +106,7 @@ class OTelSink:
     def __init__(self, tracer_provider: Any = None, meter_provider: Any = None, shortcuts: bool = True) -> None:
         self._tracer = trace.get_tracer(n.INSTRUMENTATION_SCOPE, VERSION, tracer_provider=tracer_provider)
         self._span_shortcut = SpanShortcut(self._tracer, shortcuts)
+        self._shortcuts = shortcuts
         meter = metrics.get_meter(n.INSTRUMENTATION_SCOPE, VERSION, meter_provider=meter_provider)
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
@@ -126,13 +127,12 @@ class OTelSink:
         self._tpoc = meter.create_histogram(
             n.METRIC_TPOC, unit="s", description="Time between streamed content chunks",
             explicit_bucket_boundaries_advisory=list(n.DURATION_BUCKETS))
-        fast = {id(h): HistogramShortcut(h, shortcuts) for h in (*by_name.values(), self._duration, self._ttfc,
-                                                                  self._tpoc)}
-        self._tokens_in_fast = fast[id(self._tokens_in)]
-        self._tokens_out_fast = fast[id(self._tokens_out)]
-        self._duration_fast = fast[id(self._duration)]
-        self._ttfc_fast = fast[id(self._ttfc)]
-        self._tpoc_fast = fast[id(self._tpoc)]
+        self._fast = {name: HistogramShortcut(h, shortcuts) for name, h in (
+            ("in", self._tokens_in), ("out", self._tokens_out), ("duration", self._duration), ("ttfc", self._ttfc),
+            ("tpoc", self._tpoc))}
+        # record(value, attrs) per histogram: [0] through the shortcut, [1] the public API (attribute sets not cached)
+        self._record = {name: (f.record, partial(f.histogram.record, context=_NO_CONTEXT))
+                        for name, f in self._fast.items()}
         self._cost = _Totals()
         self._cache = _Totals()
         meter.create_observable_counter(n.METRIC_COST, callbacks=[self._cost.observe], unit="USD",
@@ -185,22 +185,23 @@ class OTelSink:
     def _metrics(self, record: UsageRecord) -> None:
         k = self._key(record)
         attrs = k.base
-        if k.cached:  # attribute sets that live on: their SDK aggregations are resolved once
-            tokens_in, tokens_out = self._tokens_in_fast.record, self._tokens_out_fast.record
-            duration, ttfc, tpoc = self._duration_fast.record, self._ttfc_fast.record, self._tpoc_fast.record
-        else:
-            tokens_in, tokens_out, duration, ttfc, tpoc = (partial(h.record, context=_NO_CONTEXT) for h in (
-                self._tokens_in, self._tokens_out, self._duration, self._ttfc, self._tpoc))
+        side = 0 if k.cached and self._shortcuts else 1  # cached sets live on: their aggregations resolved once
+        rec = self._record
         if record.status_code == 200 or record.total_input_tokens or record.output_tokens:
-            tokens_in(record.total_input_tokens, k.input)
-            tokens_out(record.output_tokens, k.output)
+            rec["in"][side](record.total_input_tokens, k.input)
+            rec["out"][side](record.output_tokens, k.output)
             if self._usage:
                 self._usage_counters(record, k.counted)
-        duration((record.latency_ms or 0) / 1000, attrs)
+        rec["duration"][side]((record.latency_ms or 0) / 1000, attrs)
         if record.ttft_ms is not None:
-            ttfc(record.ttft_ms / 1000, attrs)
-        for gap in record.chunk_gaps_ms:
-            tpoc(gap / 1000, attrs)
+            rec["ttfc"][side](record.ttft_ms / 1000, attrs)
+        if record.chunk_gaps_ms:
+            if side == 0:
+                self._fast["tpoc"].record_each(record.chunk_gaps_ms, 1000, attrs)
+            else:
+                record_gap = rec["tpoc"][1]
+                for gap in record.chunk_gaps_ms:
+                    record_gap(gap / 1000, attrs)
         if record.cost_usd is not None:
             self._cost.add(attrs, record.cost_usd)  # summed exactly (Decimal), a float only when exported
         for kind, value in (("read", record.cache_read_input_tokens),

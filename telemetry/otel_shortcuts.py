@@ -161,9 +161,11 @@ class SpanShortcut:
 class _Resolved:
     """The SDK aggregations one (histogram, attribute set) records into, for one set of metric readers."""
 
-    __slots__ = ("storages", "aggregations")
+    __slots__ = ("attrs", "histogram", "storages", "aggregations")
 
-    def __init__(self, storages: Any, aggregations: tuple[Any, ...]) -> None:
+    def __init__(self, attrs: dict[str, Any], histogram: Any, storages: Any, aggregations: tuple[Any, ...]) -> None:
+        self.attrs = attrs  # kept alive, so its id() stays its own
+        self.histogram = histogram
         self.storages = storages
         self.aggregations = aggregations
 
@@ -175,16 +177,53 @@ class HistogramShortcut:
     """
 
     def __init__(self, histogram: Any, enabled: bool = True, max_sets: int = 4096) -> None:
-        self._histogram = histogram
+        self.histogram = histogram
         self._enabled = enabled and AVAILABLE
-        self._resolved: dict[int, tuple[dict[str, Any], _Resolved]] = {}
+        self._resolved: dict[int, _Resolved] = {}
         self._lock = threading.Lock()
         self._max_sets = max_sets
-        self.used = 0  # points that took the shortcut
+        self.used = 0  # points that took the shortcut (approximate under threads; tests check it is taken)
+
+    def record(self, value: float, attrs: dict[str, Any]) -> None:
+        entry = self._resolved.get(id(attrs))
+        # NaN, infinities and negatives fail `0 <= value < inf`: the public path warns and drops them
+        if (entry is not None and entry.attrs is attrs and 0 <= value < math.inf
+                and entry.histogram._measurement_consumer._reader_storages is entry.storages
+                and entry.histogram._is_enabled()):
+            # as the SDK's record(): a trace-based or always-off exemplar filter never samples a context-less
+            # point, so nothing past this point reads the measurement's attributes or context
+            m = Measurement(value, time_ns(), entry.histogram, _NO_CONTEXT, None)
+            for aggregation in entry.aggregations:
+                aggregation.aggregate(m, False)
+            self.used += 1
+            return
+        self.histogram.record(value, attrs, _NO_CONTEXT)  # the SDK creates the aggregations on a first point
+        if self._enabled and 0 <= value < math.inf:
+            self._resolve(attrs)
+
+    def record_each(self, values: list[float], divisor: float, attrs: dict[str, Any]) -> None:
+        """`record(v / divisor, attrs)` for every value (a stream's chunk gaps): the checks once for all."""
+        entry = self._resolved.get(id(attrs))
+        if (entry is None or entry.attrs is not attrs
+                or entry.histogram._measurement_consumer._reader_storages is not entry.storages
+                or not entry.histogram._is_enabled()):
+            for v in values:
+                self.record(v / divisor, attrs)
+            return
+        h, aggregations, inf = entry.histogram, entry.aggregations, math.inf
+        for v in values:
+            value = v / divisor
+            if 0 <= value < inf:
+                m = Measurement(value, time_ns(), h, _NO_CONTEXT, None)
+                for aggregation in aggregations:
+                    aggregation.aggregate(m, False)
+                self.used += 1
+            else:
+                self.histogram.record(value, attrs, _NO_CONTEXT)
 
     def _target(self) -> Any:
         """The SDK histogram behind the instrument (a proxy's real instrument once there is one), or None."""
-        h = self._histogram
+        h = self.histogram
         if type(h) is not _Histogram:
             h = getattr(h, "_real_instrument", None)
             if type(h) is not _Histogram:
@@ -195,30 +234,16 @@ class HistogramShortcut:
         config = getattr(consumer, "_sdk_config", None)
         if type(getattr(config, "exemplar_filter", None)) not in (TraceBasedExemplarFilter, AlwaysOffExemplarFilter):
             return None  # an exemplar filter that may sample a point needs the point's attributes: public path
-        if not h._is_enabled():
-            return None
         return h
 
-    def record(self, value: float, attrs: dict[str, Any]) -> None:
-        h = self._target() if self._enabled else None
-        if h is None or not (math.isfinite(value) and value >= 0):  # the public path warns and drops those
-            self._histogram.record(value, attrs, _NO_CONTEXT)
-            return
-        storages = h._measurement_consumer._reader_storages
-        entry = self._resolved.get(id(attrs))
-        if entry is None or entry[0] is not attrs or entry[1].storages is not storages:
-            h.record(value, attrs, _NO_CONTEXT)  # the first point the public way: the SDK creates the aggregations
-            self._resolve(h, attrs, storages)
-            return
-        # as the SDK's record(): a trace-based or always-off exemplar filter never samples a context-less point,
-        # so the measurement's attributes are read by nothing past this point
-        m = Measurement(value, time_ns(), h, _NO_CONTEXT, None)
-        for aggregation in entry[1].aggregations:
-            aggregation.aggregate(m, False)
-        self.used += 1
-
-    def _resolve(self, h: Any, attrs: dict[str, Any], storages: Any) -> None:
+    def _resolve(self, attrs: dict[str, Any]) -> None:
+        """Find the aggregations the public path just recorded `attrs` into, by the SDK's own cleaning, view
+        filtering and hashing; any surprise leaves this attribute set on the public path."""
         try:
+            h = self._target()
+            if h is None or len(self._resolved) >= self._max_sets:
+                return
+            storages = h._measurement_consumer._reader_storages
             cleaned = _clean_attribute_value(attrs, None)
             found = []
             for storage in storages.values():
@@ -226,8 +251,8 @@ class HistogramShortcut:
                     keys = match._view._attribute_keys
                     a = dict(cleaned) if keys is None else {k: v for k, v in cleaned.items() if k in keys}
                     found.append(match._attributes_aggregation[_hash_attributes(a)])
-        except Exception:  # not the structure expected: this attribute set stays on the public path
+        except Exception:
             return
         with self._lock:
             if len(self._resolved) < self._max_sets:
-                self._resolved[id(attrs)] = (attrs, _Resolved(storages, tuple(found)))
+                self._resolved[id(attrs)] = _Resolved(attrs, h, storages, tuple(found))
