@@ -55,6 +55,18 @@ def configure_azure_monitor_export(connection_string: str, otlp: Any = None) -> 
         otlp.taken = True
 
 
+_STATUSES: dict[str, Status] = {}  # one per error type (a few dozen): immutable, shared by the spans
+
+
+def _error_status(error_type: str) -> Status:
+    status = _STATUSES.get(error_type)
+    if status is None:
+        status = Status(StatusCode.ERROR, error_type)
+        if len(_STATUSES) < 256:
+            _STATUSES[error_type] = status
+    return status
+
+
 _NO_CONTEXT = Context()  # measurements are made on the pipeline thread: no caller context to look up
 _MAX_KEYS = 4096  # attribute sets cached; past that (a cardinality leak elsewhere) they are built per record
 
@@ -169,7 +181,7 @@ class OTelSink:
             record.trace_id = f"{ctx.trace_id:032x}"
             record.span_id = f"{ctx.span_id:016x}"
         if record.error_type:
-            span.set_status(Status(StatusCode.ERROR, record.error_type))
+            span.set_status(_error_status(record.error_type))
         span.end(end_time=end_ns)
 
     def _key(self, r: UsageRecord) -> _MetricKey:

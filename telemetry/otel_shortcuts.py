@@ -7,7 +7,8 @@ would reach, and hand them exactly what it would hand them:
 
 - spans: attributes already in the SDK's clean types go straight into the span's attribute store, the empty
   event and link lists are dropped before the span ends, and the store's lock is shared (each of these is a
-  GC-tracked object every span waiting for its batch export keeps alive, and their number paces the full GC);
+  GC-tracked object every span waiting for its batch export keeps alive, and their number paces the full GC),
+  and the span context's trace flags are one shared object per value (its context is rebuilt equal);
 - histograms: a point goes straight to the SDK aggregations its attribute set resolved to (resolved once,
   through the SDK's own cleaning and hashing, after a first point recorded through the public `record()`).
 
@@ -27,6 +28,7 @@ from time import time_ns
 from typing import Any
 
 from opentelemetry.context import Context
+from opentelemetry.trace import SpanContext, TraceFlags
 
 # the SDK releases these shortcuts were checked against, field by field (a new one: re-check, then add it; until
 # then the public API, and tests/test_otel_shortcuts.py fails to say so)
@@ -71,6 +73,7 @@ _ATTRIBUTE_BLIND_SAMPLERS = frozenset({
     ("azure.monitor.opentelemetry.exporter.export.trace._sampling", "ApplicationInsightsSampler"),
     ("azure.monitor.opentelemetry.exporter.export.trace._rate_limited_sampling", "RateLimitedSampler"),
 })
+_FLAGS: dict[int, Any] = {}  # trace flags value -> one TraceFlags (an int with a __dict__: GC-tracked) for all
 _SHARED_LOCK = threading.Lock()  # for finished spans' attribute stores, which nothing may write any more
 
 
@@ -136,6 +139,12 @@ class SpanShortcut:
 
         False (nothing done) when the span is not the SDK's: the caller then sets them the public way.
         """
+        try:
+            return self._fill(span, attrs)
+        except Exception:  # never: the checks below are for this; the public path then sets them again
+            return False
+
+    def _fill(self, span: Any, attrs: dict[str, Any]) -> bool:
         if type(span) is not _Span:
             return False
         store = span._attributes
@@ -154,6 +163,11 @@ class SpanShortcut:
                 and not span._links and self._end_hooks_free()):
             span._events = span._links = ()  # read back as `tuple(...)`, dropped counts 0 as before
             store._lock = _SHARED_LOCK
+        ctx = span._context
+        if type(ctx) is SpanContext and type(ctx.trace_flags) is TraceFlags:
+            flags = _FLAGS.setdefault(int(ctx.trace_flags), ctx.trace_flags)
+            if flags is not ctx.trace_flags:  # an equal context whose flags object is shared, not one per span
+                span._context = SpanContext(ctx.trace_id, ctx.span_id, ctx.is_remote, flags, ctx.trace_state)
         self.used += 1
         return True
 

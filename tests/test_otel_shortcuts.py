@@ -197,7 +197,7 @@ def test_queued_span_keeps_few_gc_tracked_objects() -> None:
         counts[shortcuts] = (len(gc.get_objects()) - before) / 200
         assert len(hold.spans) == 200
     if otel_shortcuts.AVAILABLE:
-        assert counts[True] <= 5 < counts[False]
+        assert counts[True] <= 3.5 < 5 < counts[False]  # span, its attribute store, its context
 
 
 # --- metrics -----------------------------------------------------------------------------------------------
