@@ -3,9 +3,9 @@
 Records come from real SDK calls over the in-process mock transport (as bench/hotpath.py). Both sinks record
 into the same kind of providers (a BatchSpanProcessor and a periodic reader, both exporting to nothing), and
 blocks of each are alternated, order rotated per round, so the neighbours' load hits both alike. Printed per
-stage: CPU µs per call (process_time), median and min over rounds for each side and the median of the per-round
-deltas; then the GC-tracked objects a finished span keeps alive while it waits for its batch export (what paces
-CPython's full GC passes with OTel on).
+stage: CPU µs per call (process_time, GC off inside a block), median and min over rounds for each side and the
+median of the per-round deltas; then the GC-tracked objects a finished span keeps alive while it waits for its
+batch export (what paces CPython's full GC passes with OTel on).
 
 `--calls-e2e N` (0 to skip) then runs whole instrumented calls (the SDK, its own span, our capture, pipeline and
 sink; ledger off) over the mock transport, the pipeline's emit switched between the two sinks block by block and
@@ -85,10 +85,16 @@ def sink_class(baseline: str | None) -> type:
 
 
 def block(fn: Callable[[], Any], n: int) -> float:
-    t = time.process_time()
-    for _ in range(n):
-        fn()
-    return (time.process_time() - t) / n * 1e6
+    """CPU per call of `fn` alone: no GC pass inside the block (their share is measured apart, by survivors)."""
+    gc.collect()
+    gc.disable()
+    try:
+        t = time.process_time()
+        for _ in range(n):
+            fn()
+        return (time.process_time() - t) / n * 1e6
+    finally:
+        gc.enable()
 
 
 def tracked_per_span(sink: Any, record: Any, capture: Any, n: int = 1000) -> float:

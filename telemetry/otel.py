@@ -67,6 +67,7 @@ def _error_status(error_type: str) -> Status:
     return status
 
 
+_TUPLE_KEYS = (n.RESPONSE_FINISH_REASONS,)  # the span attributes whose values are tuples
 _NO_CONTEXT = Context()  # measurements are made on the pipeline thread: no caller context to look up
 _MAX_KEYS = 4096  # attribute sets cached; past that (a cardinality leak elsewhere) they are built per record
 
@@ -174,7 +175,7 @@ class OTelSink:
             start_time=start_ns,
             attributes=None if shortcut else attrs,
         )
-        if shortcut and span.is_recording() and not self._span_shortcut.fill(span, attrs):
+        if shortcut and span.is_recording() and not self._span_shortcut.fill(span, attrs, _TUPLE_KEYS):
             span.set_attributes(attrs)
         ctx = span.get_span_context()
         if ctx.is_valid:

@@ -80,13 +80,22 @@ _SHARED_LOCK = threading.Lock()  # for finished spans' attribute stores, which n
 _CLEAN_OR_TUPLE = _CLEAN | {tuple}
 
 
-def _all_clean(values: Any) -> bool:
-    """Every value is one the SDK's cleaning keeps as it is (tuples of strings included)."""
-    types = set(map(type, values))
-    if types <= _CLEAN:
+def _all_clean(attrs: dict[str, Any], tuple_keys: tuple[str, ...]) -> bool:
+    """Every value is one the SDK's cleaning keeps as it is: a str, int, float or bool, or (under one of
+    `tuple_keys`, where the caller puts sequences) a tuple of those. Counted in C, not looped in Python."""
+    types = list(map(type, attrs.values()))
+    if _CLEAN.issuperset(types):
         return True
-    return types <= _CLEAN_OR_TUPLE and all(
-        type(v) is not tuple or all(type(x) is str for x in v) for v in values)
+    if not _CLEAN_OR_TUPLE.issuperset(types):
+        return False
+    seen = 0
+    for key in tuple_keys:
+        value = attrs.get(key)
+        if type(value) is tuple:
+            if not _CLEAN.issuperset(map(type, value)):
+                return False
+            seen += 1
+    return seen == types.count(tuple)
 
 
 def _sampler_blind(sampler: Any) -> bool:
@@ -134,17 +143,17 @@ class SpanShortcut:
                 for p in processors)
         return self._processors_ok
 
-    def fill(self, span: Any, attrs: dict[str, Any]) -> bool:
+    def fill(self, span: Any, attrs: dict[str, Any], tuple_keys: tuple[str, ...] = ()) -> bool:
         """Put `attrs` into a span started without them, as `start_span(attributes=attrs)` would have.
 
         False (nothing done) when the span is not the SDK's: the caller then sets them the public way.
         """
         try:
-            return self._fill(span, attrs)
+            return self._fill(span, attrs, tuple_keys)
         except Exception:  # never: the checks below are for this; the public path then sets them again
             return False
 
-    def _fill(self, span: Any, attrs: dict[str, Any]) -> bool:
+    def _fill(self, span: Any, attrs: dict[str, Any], tuple_keys: tuple[str, ...]) -> bool:
         if type(span) is not _Span:
             return False
         store = span._attributes
@@ -153,7 +162,7 @@ class SpanShortcut:
         given = store._dict  # what the sampler added (it saw no attributes of ours)
         merged = {**attrs, **given} if given else attrs  # a sampler's own keys win and come last, as before
         if (store.maxlen is None or len(merged) <= store.maxlen) and store.max_value_len is None and _all_clean(
-                attrs.values()):
+                attrs, tuple_keys):
             store._dict = merged
         else:  # limits or odd values: the SDK's own cleaning, on what start_span would have given it
             store._dict = {}

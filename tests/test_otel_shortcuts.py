@@ -53,6 +53,10 @@ def _records() -> list[UsageRecord]:
         UsageRecord(attempt=0, status_code=200, output_tokens=3, latency_ms=-1.0, ttft_ms=math.nan, **base),
         # a value the SDK cleans (an int team from an app's own usage_context): the cleaning must still run
         UsageRecord(attempt=0, status_code=200, output_tokens=1, latency_ms=20.0, team=7, **base),  # type: ignore[arg-type]
+        UsageRecord(attempt=0, status_code=200, output_tokens=1, latency_ms=20.0, user=["u1", "u2"],  # type: ignore[arg-type]
+                    finish_reason=object(), **base),  # type: ignore[arg-type]
+        UsageRecord(attempt=0, status_code=200, output_tokens=1, latency_ms=20.0, finish_reason="end_turn",
+                    project=("p", object()), **base),  # type: ignore[arg-type]
     ]
 
 
