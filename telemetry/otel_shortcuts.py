@@ -84,10 +84,11 @@ def _all_clean(attrs: dict[str, Any], tuple_keys: tuple[str, ...]) -> bool:
     """Every value is one the SDK's cleaning keeps as it is: a str, int, float or bool, or (under one of
     `tuple_keys`, where the caller puts sequences) a tuple of those. Counted in C, not looped in Python."""
     types = list(map(type, attrs.values()))
-    if _CLEAN.issuperset(types):
-        return True
     if not _CLEAN_OR_TUPLE.issuperset(types):
         return False
+    tuples = types.count(tuple)
+    if not tuples:
+        return True
     seen = 0
     for key in tuple_keys:
         value = attrs.get(key)
@@ -95,7 +96,7 @@ def _all_clean(attrs: dict[str, Any], tuple_keys: tuple[str, ...]) -> bool:
             if not _CLEAN.issuperset(map(type, value)):
                 return False
             seen += 1
-    return seen == types.count(tuple)
+    return seen == tuples
 
 
 def _sampler_blind(sampler: Any) -> bool:

@@ -259,19 +259,20 @@ def test_metrics_match_public_api(views: bool, exemplars: bool) -> None:
 def test_metric_reader_added_later_gets_the_same_points() -> None:
     """Adding a reader replaces the SDK's reader storages: the resolved aggregations must be resolved again."""
     sinks = []
+    records = _records()
     for shortcuts in (False, True):
         first = InMemoryMetricReader()
         mp = MeterProvider(metric_readers=[first])
         sinks.append((OTelSink(TracerProvider(), mp, shortcuts=shortcuts), mp, first))
     for sink, _, _ in sinks:
-        for r in _records():
+        for r in records:
             sink._metrics(r)
     late = []
     for sink, mp, _ in sinks:
         reader = InMemoryMetricReader()
         mp.add_metric_reader(reader)
         late.append(reader)
-        for r in _records():
+        for r in records:
             sink._metrics(r)
     assert repr(_points(sinks[0][2])) == repr(_points(sinks[1][2]))
     assert repr(_points(late[0])) == repr(_points(late[1]))
@@ -284,3 +285,39 @@ def test_shortcuts_taken_on_this_sdk() -> None:
     assert otel_shortcuts.AVAILABLE, (
         f"opentelemetry-sdk {otel_shortcuts.SDK_VERSION} is not one of {otel_shortcuts.TESTED_SDK}: the SDK "
         "shortcuts are off (correct, but slower); re-check them against this release")
+
+
+def test_threads_record_every_point_and_span() -> None:
+    """16 threads at once (the records are emitted on the callers' threads): every point and span is there."""
+    import threading
+
+    results = []
+    records = _records()  # one set for both sinks: values the SDK turns into str() must be the same objects
+    for shortcuts in (False, True):
+        reader = InMemoryMetricReader()
+        exporter = InMemorySpanExporter()
+        tp = TracerProvider()
+        tp.add_span_processor(SimpleSpanProcessor(exporter))
+        sink = OTelSink(tp, MeterProvider(metric_readers=[reader]), shortcuts=shortcuts)
+        start = threading.Barrier(16)
+
+        def work(sink: OTelSink = sink, records: list[UsageRecord] = records, start: Any = start) -> None:
+            start.wait()
+            for _ in range(25):
+                for r in records:
+                    sink.emit(r, _capture())
+
+        threads = [threading.Thread(target=work) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        points = _points(reader)
+        for pts in points.values():  # float sums depend on the order of addition across threads
+            for p in pts:
+                p["sum"] = round(p["sum"], 9) if "sum" in p else None
+                p["value"] = round(p["value"], 9) if isinstance(p.get("value"), float) else p.get("value")
+        spans = sorted(repr(sorted(s.attributes.items(), key=repr)) for s in exporter.get_finished_spans())
+        results.append((repr(points), spans))
+    assert results[0] == results[1]
+    assert len(results[1][1]) == 16 * 25 * len(records)
