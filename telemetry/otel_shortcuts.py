@@ -13,10 +13,11 @@ would reach, and hand them exactly what it would hand them:
   through the SDK's own cleaning and hashing, after a first point recorded through the public `record()`).
 
 Every shortcut first checks the SDK objects are the types and shape it was written for (the SDK's own
-`Tracer`, `_Span`, `BoundedAttributes`, a sampler known not to read attributes, span processors that do not
-hook span ending; the SDK's `_Histogram`, a synchronous measurement consumer, an exemplar filter that never
-samples a context-less point) and otherwise uses the public API, so an SDK upgrade that changes them falls back,
-never records wrong. tests/test_otel_shortcuts.py proves both paths export the same data.
+`Tracer`, `_Span`, `BoundedAttributes`, a sampler known not to read attributes, span processors known not to
+read a starting span's attributes nor to hook span ending; the SDK's `_Histogram`, a synchronous measurement
+consumer, an exemplar filter that never samples a context-less point) and the SDK release (`TESTED_SDK`), and
+otherwise uses the public API: an SDK upgrade that changes them falls back, never records wrong.
+tests/test_otel_shortcuts.py proves both paths export the same data.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ try:  # the SDK's private structure, as of opentelemetry-sdk 1.45 (checked again
 
     SDK_VERSION = version("opentelemetry-sdk")
     AVAILABLE = SDK_VERSION.startswith(tuple(v + "." for v in TESTED_SDK))
-    _NO_END_HOOK = frozenset({BatchSpanProcessor, SimpleSpanProcessor})  # their `_on_ending` is a `pass`
+    _NO_HOOKS = frozenset({BatchSpanProcessor, SimpleSpanProcessor})  # their `on_start`, `_on_ending`: `pass`
 except Exception:  # pragma: no cover - another SDK layout: the public API everywhere
     AVAILABLE = False
 
@@ -72,6 +73,11 @@ _ATTRIBUTE_BLIND_SAMPLERS = frozenset({
     ("opentelemetry.sdk.trace.sampling", "ParentBased"),
     ("azure.monitor.opentelemetry.exporter.export.trace._sampling", "ApplicationInsightsSampler"),
     ("azure.monitor.opentelemetry.exporter.export.trace._rate_limited_sampling", "RateLimitedSampler"),
+})
+# span processors whose `on_start` reads the parent span only (it may set attributes: they land after ours,
+# as before); matched by exact type
+_PARENT_READING_PROCESSORS = frozenset({
+    ("azure.monitor.opentelemetry.exporter._gen_ai._processor", "_GenAIMainAgentSpanProcessor"),
 })
 _FLAGS: dict[int, Any] = {}  # trace flags value -> one TraceFlags (an int with a __dict__: GC-tracked) for all
 _SHARED_LOCK = threading.Lock()  # for finished spans' attribute stores, which nothing may write any more
@@ -99,6 +105,16 @@ def _all_clean(attrs: dict[str, Any], tuple_keys: tuple[str, ...]) -> bool:
     return seen == tuples
 
 
+def _processor_known(processor: Any) -> bool:
+    """Its `on_start` reads nothing of the new span's own attributes, its `_on_ending` does nothing."""
+    cls = type(processor)
+    if cls in _NO_HOOKS:
+        return True
+    on_start_ok = (getattr(cls, "on_start", None) is SpanProcessor.on_start
+                   or (cls.__module__, cls.__qualname__) in _PARENT_READING_PROCESSORS)
+    return on_start_ok and getattr(cls, "_on_ending", None) is SpanProcessor._on_ending
+
+
 def _sampler_blind(sampler: Any) -> bool:
     cls = type(sampler)
     if (cls.__module__, cls.__qualname__) not in _ATTRIBUTE_BLIND_SAMPLERS:
@@ -123,25 +139,24 @@ class SpanShortcut:
         self.used = 0  # spans that took the shortcut (tests check it is taken where it should be)
 
     def active(self) -> bool:
-        """True when `start_span` may be called without attributes and `fill` will put them in."""
+        """True when `start_span` may be called without attributes and `fill` will put them in: the sampler
+        and the span processors' `on_start` do not read the new span's attributes, and no processor does
+        anything when a span ends but before it is readable (`_on_ending`)."""
         if not self._enabled:
             return False
         sampler = self._tracer.sampler
         if sampler is not self._sampler:
             self._sampler, self._sampler_ok = sampler, _sampler_blind(sampler)
-        return self._sampler_ok
+        return self._sampler_ok and self._processors_known()
 
-    def _end_hooks_free(self) -> bool:
-        """No span processor does anything when a span ends but before it is readable (`_on_ending`)."""
+    def _processors_known(self) -> bool:
         multi = self._tracer.span_processor
         if type(multi) not in (SynchronousMultiSpanProcessor, ConcurrentMultiSpanProcessor):
             return False
         processors = getattr(multi, "_span_processors", None)
         if processors is not self._processors:
             self._processors = processors
-            self._processors_ok = isinstance(processors, tuple) and all(
-                type(p) in _NO_END_HOOK or getattr(type(p), "_on_ending", None) is SpanProcessor._on_ending
-                for p in processors)
+            self._processors_ok = isinstance(processors, tuple) and all(map(_processor_known, processors))
         return self._processors_ok
 
     def fill(self, span: Any, attrs: dict[str, Any], tuple_keys: tuple[str, ...] = ()) -> bool:
@@ -170,7 +185,7 @@ class SpanShortcut:
             store.dropped = 0
             store._set_items(merged)
         if (type(span._events) is BoundedList and type(span._links) is BoundedList and not span._events
-                and not span._links and self._end_hooks_free()):
+                and not span._links and self._processors_known()):
             span._events = span._links = ()  # read back as `tuple(...)`, dropped counts 0 as before
             store._lock = _SHARED_LOCK
         ctx = span._context

@@ -74,6 +74,13 @@ class EventOnStart(SpanProcessor):
         span.set_attribute("on_start.added", 1)
 
 
+class ReadsOnStart(SpanProcessor):
+    """Reads the starting span's own attributes: must see ours there."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        span.set_attribute("seen.model", str(span.attributes.get("gen_ai.request.model")))
+
+
 class EndingHook(SpanProcessor):
     def _on_ending(self, span: Any) -> None:
         span.add_event("ending")
@@ -112,8 +119,9 @@ SETUPS: dict[str, tuple[dict[str, Any], list[Any], bool]] = {
     "parent-based, attribute-reading root": ({"sampler": sampling.ParentBased(ReadsAttributes())}, [], False),
     "attribute count limit": ({"span_limits": SpanLimits(max_span_attributes=6)}, [], True),
     "attribute length limit": ({"span_limits": SpanLimits(max_span_attribute_length=4)}, [], True),
-    "event on start": ({}, [EventOnStart], True),
-    "ending hook": ({}, [EndingHook], True),
+    "event on start": ({}, [EventOnStart], False),
+    "attribute-reading on_start": ({}, [ReadsOnStart], False),
+    "ending hook": ({}, [EndingHook], False),
 }
 
 
