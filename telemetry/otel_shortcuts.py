@@ -290,7 +290,8 @@ class HistogramShortcut:
                     keys = match._view._attribute_keys
                     a = dict(cleaned) if keys is None else {k: v for k, v in cleaned.items() if k in keys}
                     found.append(match._attributes_aggregation[_hash_attributes(a)])
-        except Exception:
+        except Exception:  # not the structure this was written for: this histogram keeps to the public path
+            self._enabled = False
             return
         with self._lock:
             if len(self._resolved) < self._max_sets:

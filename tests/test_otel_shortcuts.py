@@ -329,3 +329,25 @@ def test_threads_record_every_point_and_span() -> None:
         results.append((repr(points), spans))
     assert results[0] == results[1]
     assert len(results[1][1]) == 16 * 25 * len(records)
+
+
+def test_changed_sdk_structure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an SDK release that moved things would look like: the shortcuts decline, the data stay the same."""
+    monkeypatch.setattr(otel_shortcuts, "_hash_attributes", lambda attrs: ("not", "the SDK's key"))
+    monkeypatch.setattr(otel_shortcuts, "_Span", type("NotTheSpan", (), {}))
+    (public, public_spans), (fast, fast_spans) = _span_sinks({}, [])
+    (mp_a, readers_a), (mp_b, readers_b) = _meter(False, False), _meter(False, False)
+    public_m, fast_m = OTelSink(TracerProvider(), mp_a, shortcuts=False), OTelSink(TracerProvider(), mp_b)
+    records = _records()
+    for _ in range(3):
+        for r in records:
+            public._span(r, _capture())
+            fast._span(r, _capture())
+            public_m._metrics(r)
+            fast_m._metrics(r)
+    for x, y in zip(public_spans.get_finished_spans(), fast_spans.get_finished_spans(), strict=True):
+        assert repr(_span_view(x)) == repr(_span_view(y))
+    for ra, rb in zip(readers_a, readers_b, strict=True):
+        assert repr(_points(ra)) == repr(_points(rb))
+    assert fast._span_shortcut.used == 0
+    assert sum(h.used for h in fast_m._fast.values()) == 0
