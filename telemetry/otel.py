@@ -3,6 +3,7 @@
 Spans are created on the pipeline thread with the attempt's own start/end times and the caller's context
 (the SDK's `anthropic.messages.create` span) as parent, so the request path pays nothing for them.
 Metrics never depend on sampling: they are recorded for every record, sampled span or not.
+Span attributes and histogram points take the checked SDK shortcuts of `otel_shortcuts` where they apply.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ class OTelSink:
         start_ns = capture.wall_ns
         end_ns = start_ns + int((record.latency_ms or 0) * 1e6)
         attrs = span_attributes(record)
-        shortcut = self._span_shortcut.active()  # the sampler does not read attributes: set them after it ran
+        # nothing reads them while the span starts (sampler, processors): one store after, uncleaned when clean
+        shortcut = self._span_shortcut.active()
         span = self._tracer.start_span(
             f"{record.operation} {record.deployment or 'unknown'}",
             context=capture.otel_context,
