@@ -10,12 +10,13 @@ would reach, and hand them exactly what it would hand them:
   GC-tracked object every span waiting for its batch export keeps alive, and their number paces the full GC),
   and the span context's trace flags are one shared object per value (its context is rebuilt equal);
 - histograms: a point goes straight to the SDK aggregations its attribute set resolved to (resolved once,
-  through the SDK's own cleaning and hashing, after a first point recorded through the public `record()`).
+  through the SDK's own cleaning and hashing, after a first point recorded through the public `record()`),
+  with the exemplar filter asked as the SDK asks it (the current context: an empty one is falsy to the SDK).
 
 Every shortcut first checks the SDK objects are the types and shape it was written for (the SDK's own
 `Tracer`, `_Span`, `BoundedAttributes`, a sampler known not to read attributes, span processors known not to
 read a starting span's attributes nor to hook span ending; the SDK's `_Histogram`, a synchronous measurement
-consumer, an exemplar filter that never samples a context-less point) and the SDK release (`TESTED_SDK`), and
+consumer, one of the SDK's own exemplar filters) and the SDK release (`TESTED_SDK`), and
 otherwise uses the public API: an SDK upgrade that changes them falls back, never records wrong.
 tests/test_otel_shortcuts.py proves both paths export the same data.
 """
@@ -28,7 +29,7 @@ from importlib.metadata import version
 from time import time_ns
 from typing import Any
 
-from opentelemetry.context import Context
+from opentelemetry.context import Context, get_current
 from opentelemetry.trace import SpanContext, TraceFlags
 
 # the SDK releases these shortcuts were checked against, field by field (a new one: re-check, then add it; until
@@ -41,6 +42,7 @@ try:  # the SDK's private structure, as of opentelemetry-sdk 1.45 (checked again
     from opentelemetry.sdk.metrics._internal._view_instrument_match import _hash_attributes
     from opentelemetry.sdk.metrics._internal.exemplar.exemplar_filter import (
         AlwaysOffExemplarFilter,
+        AlwaysOnExemplarFilter,
         TraceBasedExemplarFilter,
     )
     from opentelemetry.sdk.metrics._internal.instrument import _Histogram
@@ -58,6 +60,7 @@ try:  # the SDK's private structure, as of opentelemetry-sdk 1.45 (checked again
 
     SDK_VERSION = version("opentelemetry-sdk")
     AVAILABLE = SDK_VERSION.startswith(tuple(v + "." for v in TESTED_SDK))
+    _KNOWN_EXEMPLAR_FILTERS = frozenset({TraceBasedExemplarFilter, AlwaysOffExemplarFilter, AlwaysOnExemplarFilter})
     _NO_HOOKS = frozenset({BatchSpanProcessor, SimpleSpanProcessor})  # their `on_start`, `_on_ending`: `pass`
 except Exception:  # pragma: no cover - another SDK layout: the public API everywhere
     AVAILABLE = False
@@ -200,13 +203,16 @@ class SpanShortcut:
 class _Resolved:
     """The SDK aggregations one (histogram, attribute set) records into, for one set of metric readers."""
 
-    __slots__ = ("attrs", "histogram", "storages", "aggregations")
+    __slots__ = ("attrs", "cleaned", "histogram", "storages", "aggregations", "exemplar_filter")
 
-    def __init__(self, attrs: dict[str, Any], histogram: Any, storages: Any, aggregations: tuple[Any, ...]) -> None:
+    def __init__(self, attrs: dict[str, Any], cleaned: Any, histogram: Any, storages: Any,
+                 aggregations: tuple[Any, ...]) -> None:
         self.attrs = attrs  # kept alive, so its id() stays its own
+        self.cleaned = cleaned  # as the public path's Measurement holds them (what an exemplar filter is shown)
         self.histogram = histogram
         self.storages = storages
         self.aggregations = aggregations
+        self.exemplar_filter = histogram._measurement_consumer._sdk_config.exemplar_filter
 
 
 class HistogramShortcut:
@@ -223,39 +229,50 @@ class HistogramShortcut:
         self._max_sets = max_sets
         self.used = 0  # points that took the shortcut (approximate under threads; tests check it is taken)
 
-    def record(self, value: float, attrs: dict[str, Any]) -> None:
-        entry = self._resolved.get(id(attrs))
-        # NaN, infinities and negatives fail `0 <= value < inf`: the public path warns and drops them
-        if (entry is not None and entry.attrs is attrs and 0 <= value < math.inf
-                and entry.histogram._measurement_consumer._reader_storages is entry.storages
-                and entry.histogram._is_enabled()):
-            # as the SDK's record(): a trace-based or always-off exemplar filter never samples a context-less
-            # point, so nothing past this point reads the measurement's attributes or context
-            m = Measurement(value, time_ns(), entry.histogram, _NO_CONTEXT, None)
-            for aggregation in entry.aggregations:
-                aggregation.aggregate(m, False)
-            self.used += 1
-            return
-        self.histogram.record(value, attrs, _NO_CONTEXT)  # the SDK creates the aggregations on a first point
-        if self._enabled and 0 <= value < math.inf:
-            self._resolve(attrs)
-
-    def record_each(self, values: list[float], divisor: float, attrs: dict[str, Any]) -> None:
-        """`record(v / divisor, attrs)` for every value (a stream's chunk gaps): the checks once for all."""
+    def _entry(self, attrs: dict[str, Any]) -> _Resolved | None:
         entry = self._resolved.get(id(attrs))
         if (entry is None or entry.attrs is not attrs
                 or entry.histogram._measurement_consumer._reader_storages is not entry.storages
                 or not entry.histogram._is_enabled()):
+            return None
+        return entry
+
+    @staticmethod
+    def _aggregate(entry: _Resolved, value: float, attrs: dict[str, Any]) -> None:
+        """What the SDK's record() and its measurement consumer do with a valid point, past the attribute
+        cleaning and hashing: the context (an empty one is falsy, so the current one, as the SDK takes it),
+        the exemplar filter's decision, then every aggregation of the point's attribute set."""
+        t = time_ns()
+        context = get_current()  # the SDK's `context or get_current()`: our empty `_NO_CONTEXT` is falsy
+        sample = entry.exemplar_filter.should_sample(value, t, entry.cleaned, context)
+        # a point an exemplar may keep carries its attributes (cleaned as on the public path); else nothing reads them
+        m = Measurement(value, t, entry.histogram, context, attrs if sample else None)
+        for aggregation in entry.aggregations:
+            aggregation.aggregate(m, sample)
+
+    def record(self, value: float, attrs: dict[str, Any]) -> None:
+        entry = self._entry(attrs)
+        # NaN, infinities and negatives fail `0 <= value < inf`: the public path warns and drops them
+        if entry is not None and 0 <= value < math.inf:
+            self._aggregate(entry, value, attrs)
+            self.used += 1
+            return
+        self.histogram.record(value, attrs, _NO_CONTEXT)  # the SDK creates the aggregations on a first point
+        if entry is None and self._enabled and 0 <= value < math.inf:
+            self._resolve(attrs)
+
+    def record_each(self, values: list[float], divisor: float, attrs: dict[str, Any]) -> None:
+        """`record(v / divisor, attrs)` for every value (a stream's chunk gaps): the checks once for all."""
+        entry = self._entry(attrs)
+        if entry is None:
             for v in values:
                 self.record(v / divisor, attrs)
             return
-        h, aggregations, inf = entry.histogram, entry.aggregations, math.inf
+        inf = math.inf
         for v in values:
             value = v / divisor
             if 0 <= value < inf:
-                m = Measurement(value, time_ns(), h, _NO_CONTEXT, None)
-                for aggregation in aggregations:
-                    aggregation.aggregate(m, False)
+                self._aggregate(entry, value, attrs)
                 self.used += 1
             else:
                 self.histogram.record(value, attrs, _NO_CONTEXT)
@@ -271,8 +288,8 @@ class HistogramShortcut:
         if type(consumer) is not SynchronousMeasurementConsumer:
             return None
         config = getattr(consumer, "_sdk_config", None)
-        if type(getattr(config, "exemplar_filter", None)) not in (TraceBasedExemplarFilter, AlwaysOffExemplarFilter):
-            return None  # an exemplar filter that may sample a point needs the point's attributes: public path
+        if type(getattr(config, "exemplar_filter", None)) not in _KNOWN_EXEMPLAR_FILTERS:
+            return None  # one of an app's own might keep state or read more than the SDK's own
         return h
 
     def _resolve(self, attrs: dict[str, Any]) -> None:
@@ -295,4 +312,4 @@ class HistogramShortcut:
             return
         with self._lock:
             if len(self._resolved) < self._max_sets:
-                self._resolved[id(attrs)] = _Resolved(attrs, h, storages, tuple(found))
+                self._resolved[id(attrs)] = _Resolved(attrs, cleaned, h, storages, tuple(found))

@@ -239,29 +239,41 @@ def _points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
                     for f in ("count", "sum", "bucket_counts", "explicit_bounds", "min", "max", "value"):
                         if hasattr(p, f):
                             v[f] = getattr(p, f)
-                    v["exemplars"] = len(getattr(p, "exemplars", ()) or ())
+                    v["exemplars"] = sorted((e.value, sorted((e.filtered_attributes or {}).items(), key=repr),
+                                             e.span_id, e.trace_id) for e in getattr(p, "exemplars", ()) or ())
                     pts.append(v)
                 out[f"{sm.scope.name}/{m.name}/{m.unit}/{type(m.data).__name__}/"
                     f"{getattr(m.data, 'aggregation_temporality', None)}"] = sorted(pts, key=repr)
     return out
 
 
-@pytest.mark.parametrize(("views", "exemplars"), [(False, False), (True, False), (False, True)])
-def test_metrics_match_public_api(views: bool, exemplars: bool) -> None:
+@pytest.mark.parametrize(("views", "exemplars", "in_span"), [
+    (False, False, False), (True, False, False), (False, True, False),
+    # recorded on a caller's thread inside its sampled span: the SDK's trace-based filter keeps exemplars
+    (False, False, True), (True, True, True)])
+def test_metrics_match_public_api(views: bool, exemplars: bool, in_span: bool) -> None:
     (mp_a, readers_a), (mp_b, readers_b) = _meter(views, exemplars), _meter(views, exemplars)
     public = OTelSink(TracerProvider(), mp_a, shortcuts=False)
     fast = OTelSink(TracerProvider(), mp_b)
+    app = TracerProvider().get_tracer("app")
+    records = _records()
     for rnd in range(3):  # collected between rounds: delta readers start afresh, cumulative ones go on
         for _ in range(rnd + 1):
-            for r in _records():
-                public._metrics(r)
-                fast._metrics(r)
+            for r in records:
+                if in_span:
+                    with app.start_as_current_span(f"request {rnd}"):
+                        public._metrics(r)
+                        fast._metrics(r)
+                else:
+                    public._metrics(r)
+                    fast._metrics(r)
         for ra, rb in zip(readers_a, readers_b, strict=True):
             pa, pb = _points(ra), _points(rb)
             assert repr(pa) == repr(pb)
             assert any("gen_ai.client.operation.duration" in k for k in pa)
-    used = sum(h.used for h in fast._fast.values())
-    assert (used > 0) is (otel_shortcuts.AVAILABLE and not exemplars)
+            kept = sum(len(p["exemplars"]) for pts in pa.values() for p in pts)
+            assert (kept > 0) is (exemplars or in_span)
+    assert sum(h.used for h in fast._fast.values()) > 0 or not otel_shortcuts.AVAILABLE
 
 
 def test_metric_reader_added_later_gets_the_same_points() -> None:
