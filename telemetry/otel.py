@@ -3,6 +3,7 @@
 Spans are created on the pipeline thread with the attempt's own start/end times and the caller's context
 (the SDK's `anthropic.messages.create` span) as parent, so the request path pays nothing for them.
 Metrics never depend on sampling: they are recorded for every record, sampled span or not.
+Span attributes and histogram points take the checked SDK shortcuts of `otel_shortcuts` where they apply.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -20,6 +22,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import names as n
 from .capture.state import AttemptCapture
+from .otel_shortcuts import HistogramShortcut, SpanShortcut
 from .record import UsageRecord
 
 log = logging.getLogger("telemetry")
@@ -53,6 +56,19 @@ def configure_azure_monitor_export(connection_string: str, otlp: Any = None) -> 
         otlp.taken = True
 
 
+_STATUSES: dict[str, Status] = {}  # one per error type (a few dozen): immutable, shared by the spans
+
+
+def _error_status(error_type: str) -> Status:
+    status = _STATUSES.get(error_type)
+    if status is None:
+        status = Status(StatusCode.ERROR, error_type)
+        if len(_STATUSES) < 256:
+            _STATUSES[error_type] = status
+    return status
+
+
+_TUPLE_KEYS = (n.RESPONSE_FINISH_REASONS,)  # the span attributes whose values are tuples
 _NO_CONTEXT = Context()  # measurements are made on the pipeline thread: no caller context to look up
 _MAX_KEYS = 4096  # attribute sets cached; past that (a cardinality leak elsewhere) they are built per record
 
@@ -87,10 +103,11 @@ class _Totals:
 class _MetricKey:
     """The attribute sets one low-cardinality key needs, built once and reused for every record with it."""
 
-    __slots__ = ("base", "input", "output", "counted", "cache")
+    __slots__ = ("base", "input", "output", "counted", "cache", "cached")
 
-    def __init__(self, base: dict[str, Any]) -> None:
+    def __init__(self, base: dict[str, Any], cached: bool) -> None:
         self.base = base
+        self.cached = cached  # kept in the sink's cache: its dicts live on, and histogram shortcuts may key on them
         self.input = {**base, **n.TOKEN_HISTOGRAMS["input"][1]}  # gen_ai.token.type, unless the newest names
         self.output = {**base, **n.TOKEN_HISTOGRAMS["output"][1]}
         self.counted = {**base, **n.TOKEN_COUNTER_ATTRIBUTES}  # the newest conventions' token counters
@@ -98,8 +115,12 @@ class _MetricKey:
 
 
 class OTelSink:
-    def __init__(self, tracer_provider: Any = None, meter_provider: Any = None) -> None:
+    """`shortcuts=False` keeps to the public OpenTelemetry API only (the tests compare both paths)."""
+
+    def __init__(self, tracer_provider: Any = None, meter_provider: Any = None, shortcuts: bool = True) -> None:
         self._tracer = trace.get_tracer(n.INSTRUMENTATION_SCOPE, VERSION, tracer_provider=tracer_provider)
+        self._span_shortcut = SpanShortcut(self._tracer, shortcuts)
+        self._shortcuts = shortcuts
         meter = metrics.get_meter(n.INSTRUMENTATION_SCOPE, VERSION, meter_provider=meter_provider)
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
@@ -120,6 +141,12 @@ class OTelSink:
         self._tpoc = meter.create_histogram(
             n.METRIC_TPOC, unit="s", description="Time between streamed content chunks",
             explicit_bucket_boundaries_advisory=list(n.DURATION_BUCKETS))
+        self._fast = {name: HistogramShortcut(h, shortcuts) for name, h in (
+            ("in", self._tokens_in), ("out", self._tokens_out), ("duration", self._duration), ("ttfc", self._ttfc),
+            ("tpoc", self._tpoc))}
+        # record(value, attrs) per histogram: [0] through the shortcut, [1] the public API (attribute sets not cached)
+        self._record = {name: (f.record, partial(f.histogram.record, context=_NO_CONTEXT))
+                        for name, f in self._fast.items()}
         self._cost = _Totals()
         self._cache = _Totals()
         meter.create_observable_counter(n.METRIC_COST, callbacks=[self._cost.observe], unit="USD",
@@ -140,44 +167,56 @@ class OTelSink:
     def _span(self, record: UsageRecord, capture: AttemptCapture) -> None:
         start_ns = capture.wall_ns
         end_ns = start_ns + int((record.latency_ms or 0) * 1e6)
+        attrs = span_attributes(record)
+        # nothing reads them while the span starts (sampler, processors): one store after, uncleaned when clean
+        shortcut = self._span_shortcut.active()
         span = self._tracer.start_span(
             f"{record.operation} {record.deployment or 'unknown'}",
             context=capture.otel_context,
             kind=SpanKind.CLIENT,
             start_time=start_ns,
-            attributes=span_attributes(record),
+            attributes=None if shortcut else attrs,
         )
+        if shortcut and span.is_recording() and not self._span_shortcut.fill(span, attrs, _TUPLE_KEYS):
+            span.set_attributes(attrs)
         ctx = span.get_span_context()
         if ctx.is_valid:
             record.trace_id = f"{ctx.trace_id:032x}"
             record.span_id = f"{ctx.span_id:016x}"
         if record.error_type:
-            span.set_status(Status(StatusCode.ERROR, record.error_type))
+            span.set_status(_error_status(record.error_type))
         span.end(end_time=end_ns)
 
     def _key(self, r: UsageRecord) -> _MetricKey:
         key = (r.operation, r.deployment, r.model, r.server_address, r.error_type, r.team, r.project)
         cached = self._keys.get(key)
         if cached is None:
-            cached = _MetricKey(metric_attributes(r))
-            if len(self._keys) < _MAX_KEYS:
+            keep = len(self._keys) < _MAX_KEYS
+            cached = _MetricKey(metric_attributes(r), keep)
+            if keep:
                 self._keys[key] = cached
         return cached
 
     def _metrics(self, record: UsageRecord) -> None:
         k = self._key(record)
         attrs = k.base
+        side = 0 if k.cached and self._shortcuts else 1  # cached sets live on: their aggregations resolved once
+        rec = self._record
         if record.status_code == 200 or record.total_input_tokens or record.output_tokens:
-            self._tokens_in.record(record.total_input_tokens, k.input, _NO_CONTEXT)
-            self._tokens_out.record(record.output_tokens, k.output, _NO_CONTEXT)
+            rec["in"][side](record.total_input_tokens, k.input)
+            rec["out"][side](record.output_tokens, k.output)
             if self._usage:
                 self._usage_counters(record, k.counted)
-        self._duration.record((record.latency_ms or 0) / 1000, attrs, _NO_CONTEXT)
+        rec["duration"][side]((record.latency_ms or 0) / 1000, attrs)
         if record.ttft_ms is not None:
-            self._ttfc.record(record.ttft_ms / 1000, attrs, _NO_CONTEXT)
-        record_gap = self._tpoc.record
-        for gap in record.chunk_gaps_ms:
-            record_gap(gap / 1000, attrs, _NO_CONTEXT)
+            rec["ttfc"][side](record.ttft_ms / 1000, attrs)
+        if record.chunk_gaps_ms:
+            if side == 0:
+                self._fast["tpoc"].record_each(record.chunk_gaps_ms, 1000, attrs)
+            else:
+                record_gap = rec["tpoc"][1]
+                for gap in record.chunk_gaps_ms:
+                    record_gap(gap / 1000, attrs)
         if record.cost_usd is not None:
             self._cost.add(attrs, record.cost_usd)  # summed exactly (Decimal), a float only when exported
         for kind, value in (("read", record.cache_read_input_tokens),
