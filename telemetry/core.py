@@ -173,7 +173,7 @@ class Telemetry:
             install_otlp(otlp, self.health.failed)  # alone, or what Azure Monitor did not take
             if self.settings.connection_string or otlp:
                 _exit_hook_last()
-        self._otel = OTelSink(tracer_provider, meter_provider)
+        self._otel = OTelSink(tracer_provider, meter_provider, shortcuts=self.settings.otel_shortcuts)
         all_sinks: list[RecordSink] = list(sinks or ())
         self.ledger = None
         if self.settings.ledger:

@@ -127,7 +127,7 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "db_url": check_db_url, "connection_string": _text, "retention_days": _days, "deployments": _text,
     "prices_path": _text, "capture_content": _bool, "spool_dir": _text, "queue_size": _positive_int,
     "batch_size": _positive_int, "batch_interval_s": _seconds, "ledger": _bool, "journal": _bool,
-    "discount": discount_fraction,
+    "discount": discount_fraction, "otel_shortcuts": _bool,
 }
 ENV_VARS: dict[str, str] = {
     "FOUNDRY_TELEMETRY_DB_URL": "db_url",
@@ -138,6 +138,7 @@ ENV_VARS: dict[str, str] = {
     "FOUNDRY_TELEMETRY_CAPTURE_CONTENT": "capture_content",
     "FOUNDRY_TELEMETRY_SPOOL_DIR": "spool_dir",
     "FOUNDRY_TELEMETRY_DISCOUNT": "discount",
+    "FOUNDRY_TELEMETRY_OTEL_SHORTCUTS": "otel_shortcuts",
 }
 _BLANK_IS_UNSET = {"db_url", "connection_string", "deployments", "prices_path", "spool_dir", "discount"}
 
@@ -157,6 +158,7 @@ class Settings:
     ledger: bool = True  # False: no SQL sink (export only)
     journal: bool = True  # every record journaled before it waits for a batch (survives SIGKILL)
     discount: Decimal = Decimal(0)  # contractual discount off list, applied before conversion to CCUs
+    otel_shortcuts: bool = True  # the checked OpenTelemetry SDK shortcuts (otel_shortcuts.py); False: public API only
     # lenient reads: what was ignored and why, one line each (Telemetry logs them once)
     problems: tuple[str, ...] = field(default=(), compare=False, repr=False)
 

@@ -363,3 +363,25 @@ def test_changed_sdk_structure_falls_back(monkeypatch: pytest.MonkeyPatch) -> No
         assert repr(_points(ra)) == repr(_points(rb))
     assert fast._span_shortcut.used == 0
     assert sum(h.used for h in fast_m._fast.values()) == 0
+
+
+@pytest.mark.parametrize("value", ["0", "1"])
+def test_shortcuts_setting_turns_them_off_through_telemetry(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """FOUNDRY_TELEMETRY_OTEL_SHORTCUTS=0: the escape hatch, public OpenTelemetry API only, same data."""
+    from telemetry import Telemetry
+
+    monkeypatch.setenv("FOUNDRY_TELEMETRY_OTEL_SHORTCUTS", value)
+    hold = Hold()
+    tp = TracerProvider()
+    tp.add_span_processor(hold)
+    tel = Telemetry(ledger=False, tracer_provider=tp, meter_provider=MeterProvider())
+    try:
+        sink = tel._otel
+        assert sink._shortcuts is (value == "1")
+        sink._span(_records()[0], _capture())
+        (span,) = hold.spans
+        # the span shortcut drops the empty event list before the span ends; the public path keeps it
+        assert (type(span._events) is tuple) is (value == "1" and otel_shortcuts.AVAILABLE)
+        assert span.attributes["gen_ai.operation.name"] == "chat"
+    finally:
+        tel.shutdown()
