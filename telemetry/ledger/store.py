@@ -4,7 +4,8 @@ Only rows actually inserted are added to the daily totals, so replays and duplic
 totals commit together or not at all. Upserts take their row locks in key order, so concurrent writers do
 not deadlock each other; a transaction that still loses a race (deadlock, serialization failure) is
 retried whole, never spooled half-done.
-SQLite: dedupe by lookup inside a write transaction, then the driver's `executemany`.
+SQLite: one `INSERT OR IGNORE` pass; when it ignored a row, dedupe by lookup inside a write transaction (ids by
+their (created_at, id) key, request-ids by their index), then the driver's `executemany`.
 PostgreSQL: `COPY` inside a savepoint of the one transaction; on a duplicate, roll back to it and go through
 a staging table, `INSERT … SELECT … ON CONFLICT DO NOTHING RETURNING`.
 """
@@ -42,6 +43,7 @@ _INSERT = {mark: f"INSERT INTO usage_records ({_COLS}) VALUES ({', '.join(mark f
            for mark in ("?", "%s")}  # driver SQL, by paramstyle (sqlite3: qmark, psycopg: format)
 _INSERT_OR_IGNORE = _INSERT["?"].replace("INSERT", "INSERT OR IGNORE", 1)  # SQLite's optimistic pass
 _SOURCE_ATTR = {"id": "record_id"}
+_ID, _CREATED_AT = RECORD_COLUMNS.index("id"), RECORD_COLUMNS.index("created_at")
 DAILY_DIMS = ("day", "team", "project", "user", "deployment", "model", "tags")
 LATENCY_DIMS = ("day", "deployment", "bucket")
 MAX_TAGS_KEY = 1024
@@ -296,27 +298,48 @@ class LedgerStore:
     def _insert_checked(self, records: Sequence[UsageRecord]) -> int:
         table = UsageRecordRow.__table__
         with self.engine.begin() as conn:  # SQLite: BEGIN IMMEDIATE (see db.py), so no lock upgrade
-            ids = [r.record_id for r in records]
+            rows = [self._row(r) for r in records]
             rids = [r.request_id for r in records if r.request_id]
             seen_ids: set[str] = set()
             seen_rids: set[str] = set()
-            for chunk in _chunks(ids, 500):
-                seen_ids.update(conn.scalars(select(table.c.id).where(table.c.id.in_(chunk))))
+            if self.dialect == "sqlite":
+                seen_ids.update(self._stored_ids_sqlite(conn, rows))
+            else:
+                for chunk in _chunks([r.record_id for r in records], 500):
+                    seen_ids.update(conn.scalars(select(table.c.id).where(table.c.id.in_(chunk))))
             for chunk in _chunks(rids, 500):
                 seen_rids.update(conn.scalars(select(table.c.request_id).where(table.c.request_id.in_(chunk))))
             new: list[UsageRecord] = []
-            for r in records:
+            new_rows: list[tuple[Any, ...]] = []
+            for r, row in zip(records, rows, strict=True):
                 if r.record_id in seen_ids or (r.request_id and r.request_id in seen_rids):
                     continue
                 seen_ids.add(r.record_id)
                 if r.request_id:
                     seen_rids.add(r.request_id)
                 new.append(r)
+                new_rows.append(tuple(row))
             if new:
-                conn.exec_driver_sql(_INSERT["?" if self.dialect == "sqlite" else "%s"],
-                                     [tuple(self._row(r)) for r in new])
+                conn.exec_driver_sql(_INSERT["?" if self.dialect == "sqlite" else "%s"], new_rows)
                 self._add_daily(conn, new)
         return len(new)
+
+    @staticmethod
+    def _stored_ids_sqlite(conn: Any, rows: Sequence[Sequence[Any]]) -> set[str]:
+        """Ids of the batch already stored under their own created_at: probes of the (created_at, id) key
+        (revision 0005), with created_at bound exactly as the insert binds it. A replay keeps its created_at."""
+        out: set[str] = set()
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            for chunk in _chunks(rows, 500):
+                marks = ", ".join("(?, ?)" for _ in chunk)
+                params = [v for row in chunk for v in (row[_CREATED_AT], row[_ID])]
+                out.update(i for (i,) in cursor.execute(
+                    "SELECT id FROM usage_records WHERE (created_at, id) IN "
+                    f"(SELECT * FROM (VALUES {marks}))", params))
+        finally:
+            cursor.close()
+        return out
 
     # -- PostgreSQL ------------------------------------------------------------------------------
 

@@ -96,10 +96,12 @@ def reprice(engine: Engine, table: PriceTable, since: dt.date, until: dt.date, *
               "unpriced": d.c.unpriced + upsert.excluded.unpriced})
     text = engine.dialect.name == "sqlite"
     raw = type_coerce(t.c.cost_usd, String) if text else t.c.cost_usd
+    # SQLite: the row's created_at as stored (text), so its update probes the (created_at, id) key (revision 0005)
+    created = type_coerce(t.c.created_at, String) if text else t.c.created_at
     cursor: str | None = None  # keyset on the id: on SQLite created_at compares as text, written two ways
     days: set[dt.date] = set()
     while True:
-        stmt = (select(*(t.c[c] for c in _COLUMNS), raw.label("raw_cost"))
+        stmt = (select(*(t.c[c] for c in _COLUMNS), raw.label("raw_cost"), created.label("raw_created_at"))
                 .where(t.c.created_at >= start, t.c.created_at < end))
         if cursor is not None:
             stmt = stmt.where(t.c.id > cursor)
@@ -125,9 +127,8 @@ def reprice(engine: Engine, table: PriceTable, since: dt.date, until: dt.date, *
                     result.unpriced_after += old is None
                     continue
                 if not dry_run:
-                    where = [t.c.id == row.id, _same_cost(t.c.cost_usd, row, text)]
-                    if not text:  # PostgreSQL: the partition key too, so only one day's partition is touched
-                        where.append(t.c.created_at == row.created_at)
+                    # the whole key: PostgreSQL touches only one day's partition, SQLite probes its key
+                    where = [t.c.id == row.id, created == row.raw_created_at, _same_cost(t.c.cost_usd, row, text)]
                     # billed at the row's own discount: a re-price never changes the contract it was billed under
                     billed = None if row.discount is None else billed_cost(new, row.discount)
                     done = conn.execute(update(t).where(*where).values(cost_usd=new, billed_cost_usd=billed)
