@@ -11,8 +11,9 @@ from alembic import command
 from sqlalchemy import event
 
 from telemetry.ledger.db import alembic_config, get_engine, upgrade
+from telemetry.ledger.models import UsageRecordRow
 from telemetry.ledger.retention import purge
-from telemetry.ledger.store import LedgerStore
+from telemetry.ledger.store import RECORD_COLUMNS, LedgerStore
 from telemetry.pricing.reprice import reprice
 from telemetry.pricing.table import load_price_table
 from telemetry.reports.lookup import find
@@ -114,8 +115,24 @@ def test_ledger_queries_probe_indexes_never_scan_the_rows(tmp_path):
     for r in records[20:30]:
         r.cost_usd = Decimal("9")  # mispriced: reprice changes them back
     LedgerStore(engine)._insert_checked(records[20:30])
+    # two rows written through SQLAlchemy Core, whose created_at text has a ".000000" fraction where the
+    # store's has none, at the very second of a store row: the keyset still visits every row once
+    same_second = next(r for r in records[20:] if r.created_at.microsecond == 0)
+    core = [{c: v for c, v in zip(RECORD_COLUMNS, store._row(r), strict=True)} for r in _records(200, 2)]
+    for values in core:
+        values["created_at"] = same_second.created_at
+    with engine.begin() as conn:
+        conn.execute(UsageRecordRow.__table__.insert(), core)
+    with sqlite3.connect(path) as check:
+        stored = {t for (t,) in check.execute("SELECT created_at FROM usage_records WHERE created_at LIKE ?",
+                                               (f"{same_second.created_at:%Y-%m-%d %H:%M:%S}%",))}
+    assert len(stored) == 2  # the same instant, stored as two texts
     today = dt.datetime.now(dt.UTC).date()
-    reprice(engine, load_price_table(), today - dt.timedelta(days=10), today, batch_size=7)
+    table = load_price_table()
+    first = reprice(engine, table, today - dt.timedelta(days=10), today, batch_size=7)
+    assert first.rows == 45 and first.changed > 0 and first.skipped == 0  # 40 + 3 new + 2 by Core, once each
+    again = reprice(engine, table, today - dt.timedelta(days=10), today, batch_size=3)
+    assert again.rows == 45 and again.changed == 0
     assert find(engine, records[40].request_id) is not None
     assert find(engine, records[41].apim_request_id) is not None
     deployment_stats(engine, dt.datetime.now(dt.UTC) - dt.timedelta(days=5), dt.datetime.now(dt.UTC))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, String, select, type_coerce, update
+from sqlalchemy import Engine, String, select, tuple_, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..finance.discount import billed_cost
@@ -98,14 +98,21 @@ def reprice(engine: Engine, table: PriceTable, since: dt.date, until: dt.date, *
     raw = type_coerce(t.c.cost_usd, String) if text else t.c.cost_usd
     # SQLite: the row's created_at as stored (text), so its update probes the (created_at, id) key (revision 0005)
     created = type_coerce(t.c.created_at, String) if text else t.c.created_at
-    cursor: str | None = None  # keyset on the id: on SQLite created_at compares as text, written two ways
+    # keyset: PostgreSQL on the id (its key's first column); SQLite on its key (created_at, id) (revision 0005),
+    # with created_at as the stored text (written two ways, so it never round-trips through a datetime)
+    cursor: tuple[Any, str] | None = None
     days: set[dt.date] = set()
     while True:
         stmt = (select(*(t.c[c] for c in _COLUMNS), raw.label("raw_cost"), created.label("raw_created_at"))
                 .where(t.c.created_at >= start, t.c.created_at < end))
-        if cursor is not None:
-            stmt = stmt.where(t.c.id > cursor)
-        stmt = stmt.order_by(t.c.id).limit(batch_size)
+        if text:
+            if cursor is not None:
+                stmt = stmt.where(created >= cursor[0], tuple_(created, t.c.id) > tuple_(*cursor))
+            stmt = stmt.order_by(t.c.created_at, t.c.id).limit(batch_size)
+        else:
+            if cursor is not None:
+                stmt = stmt.where(t.c.id > cursor[1])
+            stmt = stmt.order_by(t.c.id).limit(batch_size)
         # one transaction per batch: rows and their daily totals commit together (SQLite: BEGIN IMMEDIATE)
         with (engine.connect() if dry_run else engine.begin()) as conn:
             rows = conn.execute(stmt).all()
@@ -152,7 +159,7 @@ def reprice(engine: Engine, table: PriceTable, since: dt.date, until: dt.date, *
                 upsert_hourly_deltas(conn, engine.dialect.name, hourly)
             days.update(key[0] for key in deltas)
             last = rows[-1]
-            cursor = last.id
+            cursor = (last.raw_created_at, last.id)
         if progress is not None:
             progress(result.rows)
         if len(rows) < batch_size:

@@ -1,0 +1,124 @@
+"""SQLite's usage_records before and after revision 0005 ((created_at, id) key, no created_at index), in one
+process: the same records inserted into a revision-0004 ledger and a head ledger, batch by batch alternated
+(CPU per row, `time.process_time`), then every query that reads the rows timed on both, then the in-place
+upgrade of the 0004 ledger timed.
+
+Usage: python bench/ledger_schema.py [ROWS] [BATCH]   (defaults 300,000 rows, 250-row batches)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from telemetry.ledger.db import get_engine, upgrade  # noqa: E402
+from telemetry.ledger.retention import purge  # noqa: E402
+from telemetry.ledger.store import LedgerStore  # noqa: E402
+from telemetry.pricing.reprice import reprice  # noqa: E402
+from telemetry.pricing.table import load_price_table  # noqa: E402
+from telemetry.record import UsageRecord  # noqa: E402
+from telemetry.reports.chargeback import chargeback  # noqa: E402
+from telemetry.reports.lookup import find  # noqa: E402
+from telemetry.reports.stats import deployment_stats  # noqa: E402
+
+DEPLOYMENTS = ["claude-sonnet-4-5", "claude-haiku-4-5", "my-claude", "batchy", "claude-opus-4-5"]
+
+
+def records(n: int, start: dt.datetime, step: dt.timedelta, rng: random.Random) -> list[UsageRecord]:
+    """Calls in time order (a little jitter), as a live writer sees them; random ids as the service gives."""
+    return [UsageRecord(
+        created_at=start + step * i + dt.timedelta(microseconds=rng.randrange(1000)), operation_id=uuid.uuid4().hex,
+        attempt=0, request_id=f"req_{uuid.UUID(int=rng.getrandbits(128)).hex[:24]}",
+        apim_request_id=str(uuid.UUID(int=rng.getrandbits(128))), deployment=rng.choice(DEPLOYMENTS),
+        model="claude-sonnet-4-5-20250929", status_code=200, input_tokens=rng.randint(10, 4000),
+        output_tokens=rng.randint(10, 800), cost_usd=Decimal(rng.randint(1, 90000)).scaleb(-7),
+        latency_ms=rng.random() * 4000, team=rng.choice(["search", "support", "finance"]), project="p",
+        user=f"u{rng.randint(1, 50)}", tags={"f": "x"}, record_id=uuid.uuid4().hex) for i in range(n)]
+
+
+def timed(fn: Callable[[], Any], repeat: int = 5) -> float:
+    runs = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    return statistics.median(runs) * 1e3
+
+
+def main(n: int = 300_000, batch: int = 250) -> None:
+    tmp = tempfile.mkdtemp()
+    urls = {"0004": f"sqlite:///{tmp}/v4.db", "head": f"sqlite:///{tmp}/head.db"}
+    upgrade(urls["0004"], "0004")
+    upgrade(urls["head"])
+    stores = {k: LedgerStore(get_engine(u)) for k, u in urls.items()}
+    rng = random.Random(7)
+    now = dt.datetime.now(dt.UTC)
+    start = now - dt.timedelta(days=30)
+    step = dt.timedelta(days=30) / n
+    per_row: dict[str, list[float]] = {k: [] for k in urls}
+    deltas: list[float] = []
+    sample: list[UsageRecord] = []
+    print(f"{n:,} rows in {batch}-row batches, 30 days in time order; load average {os.getloadavg()[0]:.2f}")
+    for i in range(0, n, batch):
+        chunk = records(min(batch, n - i), start + step * i, step, rng)
+        sample.append(chunk[0])
+        order = list(urls) if (i // batch) % 2 == 0 else list(reversed(urls))
+        got = {}
+        for k in order:
+            t = time.process_time()
+            stores[k].insert(chunk)
+            got[k] = (time.process_time() - t) / len(chunk) * 1e6
+            per_row[k].append(got[k])
+        deltas.append(got["head"] - got["0004"])
+    for part, rows in (("first tenth", slice(0, len(deltas) // 10)), ("last tenth", slice(-(len(deltas) // 10), None)),
+                       ("all", slice(None))):
+        a, b, d = per_row["0004"][rows], per_row["head"][rows], deltas[rows]
+        print(f"insert + rollups, µs CPU per row, {part:11}: 0004 median {statistics.median(a):5.1f} "
+              f"(min {min(a):5.1f})  head {statistics.median(b):5.1f} (min {min(b):5.1f})  "
+              f"head − 0004 per batch: median {statistics.median(d):+5.1f}")
+    price = load_price_table()
+    today = now.date()
+    picks = rng.sample(sample, 40)
+    queries: dict[str, Callable[[Any], Any]] = {
+        "lookup by request-id (40)": lambda e: [find(e, r.request_id) for r in picks],
+        "lookup by apim-request-id (40)": lambda e: [find(e, r.apim_request_id) for r in picks],
+        "stats, last hour (alerts)": lambda e: deployment_stats(e, now - dt.timedelta(hours=1), now),
+        "stats, last day": lambda e: deployment_stats(e, now - dt.timedelta(days=1), now),
+        "report, 30 days by team, deployment, day": lambda e: chargeback(
+            e, today - dt.timedelta(days=30), today, ["team", "deployment", "day"]),
+        "reprice --dry-run, one day": lambda e: reprice(e, price, today - dt.timedelta(days=3),
+                                                        today - dt.timedelta(days=3), dry_run=True),
+    }
+    print(f"{'query (median of 5, ms)':44} {'0004':>9} {'head':>9}")
+    for label, query in queries.items():
+        got = {k: timed(lambda k=k, query=query: query(get_engine(urls[k]))) for k in urls}
+        print(f"{label:44} {got['0004']:9.2f} {got['head']:9.2f}")
+    shutil.copy(f"{tmp}/v4.db", f"{tmp}/v4-copy.db")
+    got = {}
+    for k in urls:
+        t = time.perf_counter()
+        purge(get_engine(urls[k]), 27)  # the oldest three days
+        got[k] = (time.perf_counter() - t) * 1e3
+    print(f"{'purge of the oldest 3 days (10 %), ms':44} {got['0004']:9.1f} {got['head']:9.1f}")
+    size = os.path.getsize(f"{tmp}/v4-copy.db") / 1e6
+    t = time.perf_counter()
+    upgrade(f"sqlite:///{tmp}/v4-copy.db")
+    print(f"upgrade 0004 → head in place: {n:,} rows ({size:.0f} MB) in {time.perf_counter() - t:.1f} s")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main(*(int(a) for a in sys.argv[1:3]))
