@@ -152,3 +152,38 @@ def test_ledger_queries_probe_indexes_never_scan_the_rows(tmp_path):
     kinds = " ".join(statements)
     assert "(created_at, id) IN" in kinds and "DELETE FROM usage_records" in kinds and "UPDATE usage_records" in kinds
     assert checked >= 8
+
+
+def test_every_column_round_trips_exactly(db_url):
+    """The store's generated record → row conversion against the models reading the rows back: every column,
+    with long strings cut to their length, exact costs, NULLs, tags, text capture and non-UTC times."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    upgrade(db_url)
+    full = make_record(1, cost="0.0000000001", resource="Res-A", trace_id="t" * 40, span_id="s" * 20,
+                       operation="count_tokens", stream=True, status_code=529, error_type="overloaded_error",
+                       error_message="x" * 5000, response_id="msg_" + "r" * 200, finish_reason="end_turn",
+                       output_tokens=7, cache_creation_input_tokens=3, cache_creation_5m_input_tokens=1,
+                       cache_creation_1h_input_tokens=2, cache_read_input_tokens=4, web_search_requests=5,
+                       billed_cost_usd=Decimal("0.0000000009"), discount=Decimal("0.1"), ttft_ms=1.25,
+                       user="u" * 300, tags={"ü": "ß", "k": "v"}, prompt="p" * 3000, completion="c")
+    full.created_at = dt.datetime(2026, 11, 30, 23, 59, 59, 999_999,
+                                  tzinfo=dt.timezone(dt.timedelta(hours=-5)))  # 04:59:59.999999 UTC
+    bare = make_record(2, request_id=None, cost=None, latency_ms=None, tags={}, deployment=None, model=None,
+                       team=None, project=None, apim_request_id=None)
+    bare.created_at = dt.datetime(2026, 12, 1, 5, tzinfo=dt.UTC)  # a whole second
+    assert LedgerStore(get_engine(db_url)).insert([full, bare]) == 2
+    with Session(get_engine(db_url)) as session:
+        got = {r.id: r for r in session.scalars(select(UsageRecordRow))}
+    for record in (full, bare):
+        row = got[record.record_id]
+        for column in UsageRecordRow.__table__.columns:
+            want = getattr(record, "record_id" if column.name == "id" else column.name)
+            length = getattr(column.type, "length", None)
+            if isinstance(want, str) and length:
+                want = want[:length]
+            if column.name == "created_at":
+                want = want.astimezone(dt.UTC)
+            assert getattr(row, column.name) == want, column.name
+    assert got[full.record_id].cost_usd == Decimal("1E-10") and got[bare.record_id].cost_usd is None
