@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import json
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
@@ -65,6 +66,15 @@ def _naive_utc(value: dt.datetime) -> dt.datetime:
     if value.tzinfo is None:
         return value
     return (value if value.tzinfo is dt.UTC else value.astimezone(dt.UTC)).replace(tzinfo=None)
+
+
+def _sqlite_time(value: dt.datetime) -> str:
+    """created_at as SQLite stores it: naive UTC text, as sqlite3's default datetime adapter writes it."""
+    return _naive_utc(value).isoformat(" ")
+
+
+_TIME_PROBES = (dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC), dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+                dt.datetime(2026, 1, 2, 3, 4, 5, 600_000, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))))
 
 
 def _decimal_text(value: Decimal) -> str:
@@ -228,7 +238,15 @@ class LedgerStore:
             reference = table.c.created_at.type.bind_processor(engine.dialect)
             probe = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
             if reference is not None and reference(probe) == _naive_utc(probe):
-                self._processors = [(i, p) for i, p in self._processors if i != at] + [(at, _naive_utc)]
+                # and as the text sqlite3's datetime adapter stores, without its Python call per row
+                probe_conn = sqlite3.connect(":memory:")
+                try:
+                    adapted = [probe_conn.execute("SELECT ?", (_naive_utc(p),)).fetchone()[0] for p in _TIME_PROBES]
+                finally:
+                    probe_conn.close()
+                text = adapted == [_sqlite_time(p) for p in _TIME_PROBES]
+                self._processors = [(i, p) for i, p in self._processors if i != at] + [
+                    (at, _sqlite_time if text else _naive_utc)]
             # and what ExactDecimal binds (exact plain text), minus its TypeDecorator call chain
             for name in ("cost_usd", "billed_cost_usd", "discount"):
                 at = RECORD_COLUMNS.index(name)
