@@ -3,12 +3,16 @@ process: the same records inserted into a revision-0004 ledger and a head ledger
 (CPU per row, `time.process_time`), then every query that reads the rows timed on both, then the in-place
 upgrade of the 0004 ledger timed.
 
-Usage: python bench/ledger_schema.py [ROWS] [BATCH]   (defaults 300,000 rows, 250-row batches)
+With `--before DIR` (a checkout of the code before, e.g. `git archive main | tar -x -C DIR`), the 0004 ledger is
+written, purged and re-priced by that checkout's store, retention and reprice modules: before/after in one run.
+Usage: python bench/ledger_schema.py [ROWS] [BATCH] [--before DIR]   (defaults 300,000 rows, 250-row batches)
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import importlib.util
 import os
 import random
 import shutil
@@ -24,10 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
+import telemetry.ledger.retention as retention  # noqa: E402
+import telemetry.ledger.store as store  # noqa: E402
+import telemetry.pricing.reprice as repricing  # noqa: E402
 from telemetry.ledger.db import get_engine, upgrade  # noqa: E402
-from telemetry.ledger.retention import purge  # noqa: E402
-from telemetry.ledger.store import LedgerStore  # noqa: E402
-from telemetry.pricing.reprice import reprice  # noqa: E402
 from telemetry.pricing.table import load_price_table  # noqa: E402
 from telemetry.record import UsageRecord  # noqa: E402
 from telemetry.reports.chargeback import chargeback  # noqa: E402
@@ -60,12 +64,26 @@ def timed(fns: dict[str, Callable[[], Any]], repeat: int = 5) -> dict[str, float
     return {k: statistics.median(v) * 1e3 for k, v in runs.items()}
 
 
-def main(n: int = 300_000, batch: int = 250) -> None:
+def load(root: str, module: str) -> Any:
+    """`telemetry.x.y` as it is in the checkout at `root`, beside this tree's (its relative imports: ours)."""
+    spec = importlib.util.spec_from_file_location(f"{module}_before",
+                                                  Path(root, *module.split(".")).with_suffix(".py"))
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main(n: int, batch: int, before: str | None) -> None:
     tmp = tempfile.mkdtemp()
     urls = {"0004": f"sqlite:///{tmp}/v4.db", "head": f"sqlite:///{tmp}/head.db"}
     upgrade(urls["0004"], "0004")
     upgrade(urls["head"])
-    stores = {k: LedgerStore(get_engine(u)) for k, u in urls.items()}
+    old = (load(before, "telemetry.ledger.store"), load(before, "telemetry.ledger.retention"),
+           load(before, "telemetry.pricing.reprice")) if before else (store, retention, repricing)
+    code = {"0004": old, "head": (store, retention, repricing)}
+    stores = {k: code[k][0].LedgerStore(get_engine(u)) for k, u in urls.items()}
     rng = random.Random(7)
     now = dt.datetime.now(dt.UTC)
     start = now - dt.timedelta(days=30)
@@ -73,7 +91,8 @@ def main(n: int = 300_000, batch: int = 250) -> None:
     per_row: dict[str, list[float]] = {k: [] for k in urls}
     deltas: list[float] = []
     sample: list[UsageRecord] = []
-    print(f"{n:,} rows in {batch}-row batches, 30 days in time order; load average {os.getloadavg()[0]:.2f}")
+    print(f"{n:,} rows in {batch}-row batches, 30 days in time order; 0004 ledger by "
+          f"{'the code in ' + before if before else 'this code'}; load average {os.getloadavg()[0]:.2f}")
     for i in range(0, n, batch):
         chunk = records(min(batch, n - i), start + step * i, step, rng)
         sample.append(chunk[0])
@@ -92,6 +111,7 @@ def main(n: int = 300_000, batch: int = 250) -> None:
               f"(min {min(a):5.1f})  head {statistics.median(b):5.1f} (min {min(b):5.1f})  "
               f"head − 0004 per batch: median {statistics.median(d):+5.1f}")
     price = load_price_table()
+    kind_of = {get_engine(u).url.database: k for k, u in urls.items()}
     today = now.date()
     picks = rng.sample(sample, min(40, len(sample)))
     queries: dict[str, Callable[[Any], Any]] = {
@@ -101,8 +121,8 @@ def main(n: int = 300_000, batch: int = 250) -> None:
         "stats, last day": lambda e: deployment_stats(e, now - dt.timedelta(days=1), now),
         "report, 30 days by team, deployment, day": lambda e: chargeback(
             e, today - dt.timedelta(days=30), today, ["team", "deployment", "day"]),
-        "reprice --dry-run, one day": lambda e: reprice(e, price, today - dt.timedelta(days=3),
-                                                        today - dt.timedelta(days=3), dry_run=True),
+        "reprice --dry-run, one day": lambda e: code[kind_of[e.url.database]][2].reprice(
+            e, price, today - dt.timedelta(days=3), today - dt.timedelta(days=3), dry_run=True),
     }
     print(f"{'query (median of 5, ms)':44} {'0004':>9} {'head':>9}")
     for label, query in queries.items():
@@ -112,7 +132,7 @@ def main(n: int = 300_000, batch: int = 250) -> None:
     got = {}
     for k in urls:
         t = time.perf_counter()
-        purge(get_engine(urls[k]), 27)  # the oldest three days
+        code[k][1].purge(get_engine(urls[k]), 27)  # the oldest three days
         got[k] = (time.perf_counter() - t) * 1e3
     print(f"{'purge of the oldest 3 days (10 %), ms':44} {got['0004']:9.1f} {got['head']:9.1f}")
     size = os.path.getsize(f"{tmp}/v4-copy.db") / 1e6
@@ -123,4 +143,9 @@ def main(n: int = 300_000, batch: int = 250) -> None:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:3]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rows", nargs="?", type=int, default=300_000)
+    parser.add_argument("batch", nargs="?", type=int, default=250)
+    parser.add_argument("--before", metavar="DIR", help="a checkout of the code to compare with")
+    args = parser.parse_args()
+    main(args.rows, args.batch, args.before)
