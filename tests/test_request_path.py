@@ -1,5 +1,6 @@
-"""The request path (SDK middleware or transport → capture → hand-off) does no I/O and keeps a bounded number
-of objects per call: everything slow or allocating happens on the pipeline thread.
+"""The request path (SDK middleware or transport → capture → hand-off) does no I/O — no audit-visible
+operation and no write(2) on the caller's thread, with the ledger, its journal and OTel providers on — and keeps
+a bounded number of objects per call: everything slow or allocating happens on the pipeline thread.
 
 Calls go through the real SDK into `httpx2.MockTransport`, so the only I/O a caller could see is ours.
 """
@@ -10,8 +11,10 @@ import gc
 import json
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -94,6 +97,62 @@ def quiet_tel(tmp_path: Any) -> Iterator[Telemetry]:
     tel = Telemetry(db_url=f"sqlite:///{tmp_path}/unused.db", ledger=False)
     yield tel
     tel.shutdown()
+
+
+def _write_syscalls() -> int:
+    """write(2)-family calls this thread has made (Linux per-thread I/O accounting); reading it is a read."""
+    with open(f"/proc/self/task/{threading.get_native_id()}/io") as fh:
+        return int(next(line for line in fh if line.startswith("syscw:")).split()[1])
+
+
+@pytest.fixture
+def ledger_tel(tmp_path: Any) -> Iterator[Telemetry]:
+    """Ledger and journal on, OTel providers on: everything a record goes through."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    tp = TracerProvider()
+    tp.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
+    tel = Telemetry(db_url=f"sqlite:///{tmp_path}/ledger.db", spool_dir=f"{tmp_path}/spool",
+                    tracer_provider=tp, meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    yield tel
+    tel.shutdown()
+    tp.shutdown()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread I/O accounting is Linux's")
+@pytest.mark.parametrize("call", [_create, _stream], ids=["create", "stream"])
+def test_request_path_does_no_io_with_ledger_journal_and_otel_on(ledger_tel, tmp_path, call):
+    raw, inst = _client(None), _client(ledger_tel)
+    for _ in range(5):
+        call(raw)
+        call(inst)
+    assert ledger_tel.flush()
+    writes = _write_syscalls()
+    with _io_events() as raw_events:
+        for _ in range(20):
+            call(raw)
+    raw_writes = _write_syscalls() - writes
+    writes = _write_syscalls()
+    with usage_context(team="t"), _io_events() as events:
+        for _ in range(20):
+            call(inst)
+    inst_writes = _write_syscalls() - writes
+    assert [e for e in events if e not in raw_events] == []
+    assert inst_writes == raw_writes == 0
+    # ... and yet the journal has every call within a few poll intervals, with no flush asked for
+    journal = Path(f"{tmp_path}/spool")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = sum(p.read_bytes().count(b"\n") - 1 for p in journal.rglob("*.jnl"))
+        if lines >= 20:
+            break
+        time.sleep(0.01)
+    assert lines >= 20
+    assert ledger_tel.flush() and ledger_tel.processed == 25
 
 
 @pytest.mark.parametrize("call", [_create, _stream], ids=["create", "stream"])

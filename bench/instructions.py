@@ -1,0 +1,133 @@
+"""Instructions per call the instrumentation adds, counted by valgrind's callgrind: the same count for the
+same code and inputs whatever else the machine is doing, so a before/after pair is comparable when the
+CPU-time figures of `bench/overhead.py` scatter by ±300 µs (2 cores shared with other work).
+
+Each client (the raw SDK over an in-process mock transport; the same client instrumented, ledger only; both
+with OTel SDK providers on) makes CALLS calls after a warm-up; callgrind's counters are zeroed before and
+dumped after each block (flush included), all threads counted. What it cannot show: cache misses, GIL
+hand-offs and wake-ups cost time, not instructions (valgrind runs one thread at a time, ~50× slower, so the
+pipeline also wakes more often per call than it would natively) — the CPU figures stay the reference; these
+are the load-independent view of the work itself.
+
+Usage: python bench/instructions.py [CALLS]      (needs valgrind and gcc; ~4–6 min at the default 30)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+_C = r"""
+#include <valgrind/callgrind.h>
+void zero(void) { CALLGRIND_ZERO_STATS; }
+void dump(const char *name) { CALLGRIND_DUMP_STATS_AT(name); }
+"""
+MODES = ("raw create", "inst create", "raw stream", "inst stream",
+         "raw+otel create", "inst+otel create", "raw+otel stream", "inst+otel stream")
+
+
+def _build(tmp: Path) -> Path:
+    src, lib = tmp / "cg.c", tmp / "cg.so"
+    src.write_text(_C)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(lib), str(src)], check=True)
+    return lib
+
+
+def child(lib: str, calls: int) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from overhead import NullMetricExporter, NullSpanExporter, _create, _stream, sdk_client
+
+    from telemetry import Telemetry
+
+    cg = ctypes.CDLL(lib)
+    tmp = tempfile.mkdtemp()
+    tp = TracerProvider()
+    tp.add_span_processor(BatchSpanProcessor(NullSpanExporter()))
+    mp = MeterProvider(metric_readers=[PeriodicExportingMetricReader(NullMetricExporter(),
+                                                                     export_interval_millis=600_000)])
+    tel = Telemetry(db_url=f"sqlite:///{tmp}/l.db", spool_dir=f"{tmp}/s")
+    tel_otel = Telemetry(db_url=f"sqlite:///{tmp}/lo.db", spool_dir=f"{tmp}/so", tracer_provider=tp,
+                         meter_provider=mp)
+
+    def otel_flush() -> None:
+        tp.force_flush()
+        mp.force_flush()
+
+    clients = {
+        "raw": (sdk_client(None, True), lambda: None),
+        "inst": (tel.instrument(sdk_client(None, True)), tel.flush),
+        "raw+otel": (sdk_client(tp, True), otel_flush),
+        "inst+otel": (tel_otel.instrument(sdk_client(tp, True)), lambda: (tel_otel.flush(), otel_flush())),
+    }
+    for client, flush in clients.values():  # warm-up: imports, schema, first batches, caches
+        for _ in range(8):
+            _create(client)
+            _stream(client)
+        flush()
+    for mode in ("throwaway", *MODES):  # the first block after the warm-up takes its leftovers: not counted
+        name, kind = mode.split() if mode != "throwaway" else ("inst", "create")
+        client, flush = clients[name]
+        call = _create if kind == "create" else _stream
+        cg.zero()
+        for _ in range(calls):
+            call(client)
+        flush()
+        cg.dump(mode.encode())
+    tel.shutdown()
+    tel_otel.shutdown()
+
+
+def _totals(out: Path) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for path in out.parent.glob(out.name + "*"):
+        text = path.read_text(errors="replace")
+        trigger = re.search(r"^desc: Trigger: Client Request: (.+)$", text, re.M)
+        total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+        if trigger and total and trigger.group(1).strip() in MODES:
+            found[trigger.group(1).strip()] = int(total.group(1))
+    return found
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("calls", nargs="?", type=int, default=30)
+    cli.add_argument("--child", help=argparse.SUPPRESS)
+    args = cli.parse_args()
+    if args.child:
+        child(args.child, args.calls)
+        return
+    if not shutil.which("valgrind") or not shutil.which("gcc"):
+        sys.exit("bench/instructions.py: needs valgrind and gcc on PATH")
+    tmp = Path(tempfile.mkdtemp())
+    lib = _build(tmp)
+    out = tmp / "callgrind.out"
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                    sys.executable, __file__, str(args.calls), "--child", str(lib)],
+                   check=True, env=env, stderr=subprocess.DEVNULL)
+    totals = {mode: count / args.calls for mode, count in _totals(out).items()}
+    missing = [m for m in MODES if m not in totals]
+    if missing:
+        sys.exit(f"bench/instructions.py: no callgrind dump for {', '.join(missing)}")
+    print(f"instructions per call (callgrind, all threads, {args.calls} calls a block, mock transport)")
+    print(f"{'block':18s} {'instructions':>14s} {'vs raw':>24s}")
+    for mode in MODES:
+        name, kind = mode.split()
+        raw = totals[f"{'raw+otel' if 'otel' in name else 'raw'} {kind}"]
+        extra = "" if name.startswith("raw") else f"+{totals[mode] - raw:,.0f} ({totals[mode] / raw:.3f}×)"
+        print(f"{mode:18s} {totals[mode]:14,.0f} {extra:>24s}")
+
+
+if __name__ == "__main__":
+    main()
