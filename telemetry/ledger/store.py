@@ -242,9 +242,11 @@ class LedgerStore:
                 probe_conn = sqlite3.connect(":memory:")
                 try:
                     adapted = [probe_conn.execute("SELECT ?", (_naive_utc(p),)).fetchone()[0] for p in _TIME_PROBES]
+                    text = adapted == [_sqlite_time(p) for p in _TIME_PROBES]
+                except Exception:  # no default adapter (deprecated since Python 3.12): its text is ours to write
+                    text = True
                 finally:
                     probe_conn.close()
-                text = adapted == [_sqlite_time(p) for p in _TIME_PROBES]
                 self._processors = [(i, p) for i, p in self._processors if i != at] + [
                     (at, _sqlite_time if text else _naive_utc)]
             # and what ExactDecimal binds (exact plain text), minus its TypeDecorator call chain
