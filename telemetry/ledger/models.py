@@ -84,7 +84,11 @@ class Base(DeclarativeBase):
 
 
 class UsageRecordRow(Base):
-    """One HTTP attempt. On PostgreSQL the table is range-partitioned by `created_at` (one per day)."""
+    """One HTTP attempt. On PostgreSQL the table is range-partitioned by `created_at` (one per day).
+
+    The key is (id, created_at) on PostgreSQL; on SQLite (revision 0005) the same key in the order
+    (created_at, id), which grows at its right edge as calls arrive and serves every created_at range, so
+    SQLite has no separate created_at index (`info["dialects"]`: where an index exists; migrations/env.py)."""
 
     __tablename__ = "usage_records"
 
@@ -129,7 +133,7 @@ class UsageRecordRow(Base):
         # unique with the partition key, as PostgreSQL requires; a replayed record has the same created_at
         Index("uq_usage_records_request_id", "request_id", "created_at", unique=True),
         Index("ix_usage_records_apim_request_id", "apim_request_id"),
-        Index("ix_usage_records_created_at", "created_at"),
+        Index("ix_usage_records_created_at", "created_at", info={"dialects": ("postgresql",)}),
         {"postgresql_partition_by": "RANGE (created_at)"},
     )
 

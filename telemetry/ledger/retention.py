@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, delete, func, select, text
+from sqlalchemy import Engine, delete, func, literal_column, select, text
 
 from .db import ensure_partitions
 from .models import UsageRecordRow
@@ -81,10 +81,13 @@ def purge(
                 if progress:
                     progress(done, total)
         create_partitions_ahead(engine)
+    # SQLite's rows by rowid (its key is (created_at, id), revision 0005: no index on the id alone);
+    # PostgreSQL's boundary day by id, its key's first column
+    key = literal_column("rowid") if engine.dialect.name == "sqlite" else table.c.id
     while done < total:
         with engine.begin() as conn:
-            ids = select(table.c.id).where(table.c.created_at < cutoff).limit(batch_size).scalar_subquery()
-            n = conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount or 0
+            ids = select(key).where(table.c.created_at < cutoff).limit(batch_size).scalar_subquery()
+            n = conn.execute(delete(table).where(key.in_(ids))).rowcount or 0
         if n == 0:
             break
         done += n

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, String, select, type_coerce, update
+from sqlalchemy import Engine, String, select, tuple_, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..finance.discount import billed_cost
@@ -96,14 +96,23 @@ def reprice(engine: Engine, table: PriceTable, since: dt.date, until: dt.date, *
               "unpriced": d.c.unpriced + upsert.excluded.unpriced})
     text = engine.dialect.name == "sqlite"
     raw = type_coerce(t.c.cost_usd, String) if text else t.c.cost_usd
-    cursor: str | None = None  # keyset on the id: on SQLite created_at compares as text, written two ways
+    # SQLite: the row's created_at as stored (text), so its update probes the (created_at, id) key (revision 0005)
+    created = type_coerce(t.c.created_at, String) if text else t.c.created_at
+    # keyset: PostgreSQL on the id (its key's first column); SQLite on its key (created_at, id) (revision 0005),
+    # with created_at as the stored text (written two ways, so it never round-trips through a datetime)
+    cursor: tuple[Any, str] | None = None
     days: set[dt.date] = set()
     while True:
-        stmt = (select(*(t.c[c] for c in _COLUMNS), raw.label("raw_cost"))
+        stmt = (select(*(t.c[c] for c in _COLUMNS), raw.label("raw_cost"), created.label("raw_created_at"))
                 .where(t.c.created_at >= start, t.c.created_at < end))
-        if cursor is not None:
-            stmt = stmt.where(t.c.id > cursor)
-        stmt = stmt.order_by(t.c.id).limit(batch_size)
+        if text:
+            if cursor is not None:
+                stmt = stmt.where(created >= cursor[0], tuple_(created, t.c.id) > tuple_(*cursor))
+            stmt = stmt.order_by(t.c.created_at, t.c.id).limit(batch_size)
+        else:
+            if cursor is not None:
+                stmt = stmt.where(t.c.id > cursor[1])
+            stmt = stmt.order_by(t.c.id).limit(batch_size)
         # one transaction per batch: rows and their daily totals commit together (SQLite: BEGIN IMMEDIATE)
         with (engine.connect() if dry_run else engine.begin()) as conn:
             rows = conn.execute(stmt).all()
@@ -125,9 +134,8 @@ def reprice(engine: Engine, table: PriceTable, since: dt.date, until: dt.date, *
                     result.unpriced_after += old is None
                     continue
                 if not dry_run:
-                    where = [t.c.id == row.id, _same_cost(t.c.cost_usd, row, text)]
-                    if not text:  # PostgreSQL: the partition key too, so only one day's partition is touched
-                        where.append(t.c.created_at == row.created_at)
+                    # the whole key: PostgreSQL touches only one day's partition, SQLite probes its key
+                    where = [t.c.id == row.id, created == row.raw_created_at, _same_cost(t.c.cost_usd, row, text)]
                     # billed at the row's own discount: a re-price never changes the contract it was billed under
                     billed = None if row.discount is None else billed_cost(new, row.discount)
                     done = conn.execute(update(t).where(*where).values(cost_usd=new, billed_cost_usd=billed)
@@ -151,7 +159,7 @@ def reprice(engine: Engine, table: PriceTable, since: dt.date, until: dt.date, *
                 upsert_hourly_deltas(conn, engine.dialect.name, hourly)
             days.update(key[0] for key in deltas)
             last = rows[-1]
-            cursor = last.id
+            cursor = (last.raw_created_at, last.id)
         if progress is not None:
             progress(result.rows)
         if len(rows) < batch_size:
