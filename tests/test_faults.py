@@ -880,8 +880,11 @@ def test_postgres_server_stopped_mid_run_and_mid_batch(emulator, tmp_path):
 
 
 def big_batches_through(url: str, spool: Path, fault: Any, fixed: Any) -> tuple[dict[str, int], int]:
-    """12,000 records in 2,000-row batches, `fault()` 50 ms into them and `fixed()` 0.5 s later; waits until all
-    is durable in the ledger. Returns the writer's failure counts and how many records it was given."""
+    """12,000 records in 2,000-row batches: `fault()` once the first big batch has committed (the rest of the
+    first half may be mid-copy), the second half written into the fault, `fixed()` 0.5 s later; waits until all
+    is durable in the ledger. Returns the writer's failure counts and how many records it was given.
+    (The fault used to fire 50 ms after a timer thread started: under load that thread could wake after every
+    batch was already in, and the writer never met the fault.)"""
     import threading
 
     from telemetry.health import Health
@@ -895,16 +898,17 @@ def big_batches_through(url: str, spool: Path, fault: Any, fixed: Any) -> tuple[
     records = [make_record(i, team=f"t{i % 9}") for i in range(12_000)]
     writer.write(records[0])
     assert writer.flush(30) and writer.written == 1  # connected: the fault below hits a live connection
-
-    def strike() -> None:
-        time.sleep(0.05)
-        fault()
-        time.sleep(0.5)
-        fixed()
-
-    striker = threading.Thread(target=strike)
+    half = len(records) // 2
+    for r in records[1:half]:
+        writer.write(r)
+    deadline = time.monotonic() + 30
+    while writer.written <= 1 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert writer.written > 1  # a big batch is in: the fault comes mid-run, batches still to go
+    fault()
+    striker = threading.Thread(target=lambda: (time.sleep(0.5), fixed()))
     striker.start()
-    for r in records[1:]:
+    for r in records[half:]:  # these batches meet the fault
         writer.write(r)
     striker.join()
     deadline = time.monotonic() + 60
