@@ -15,33 +15,18 @@ Usage: python bench/instructions.py [CALLS]      (needs valgrind and gcc; ~4–6
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-_C = r"""
-#include <valgrind/callgrind.h>
-void zero(void) { CALLGRIND_ZERO_STATS; }
-void dump(const char *name) { CALLGRIND_DUMP_STATS_AT(name); }
-"""
+sys.path.insert(0, str(Path(__file__).parent))
+from _callgrind import Counters, counts  # noqa: E402
+
 MODES = ("raw create", "inst create", "raw stream", "inst stream",
          "raw+otel create", "inst+otel create", "raw+otel stream", "inst+otel stream")
 
 
-def _build(tmp: Path) -> Path:
-    src, lib = tmp / "cg.c", tmp / "cg.so"
-    src.write_text(_C)
-    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(lib), str(src)], check=True)
-    return lib
-
-
 def child(lib: str, calls: int) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.trace import TracerProvider
@@ -50,7 +35,7 @@ def child(lib: str, calls: int) -> None:
 
     from telemetry import Telemetry
 
-    cg = ctypes.CDLL(lib)
+    cg = Counters(lib)
     tmp = tempfile.mkdtemp()
     tp = TracerProvider()
     tp.add_span_processor(BatchSpanProcessor(NullSpanExporter()))
@@ -83,20 +68,9 @@ def child(lib: str, calls: int) -> None:
         for _ in range(calls):
             call(client)
         flush()
-        cg.dump(mode.encode())
+        cg.dump(mode)
     tel.shutdown()
     tel_otel.shutdown()
-
-
-def _totals(out: Path) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for path in out.parent.glob(out.name + "*"):
-        text = path.read_text(errors="replace")
-        trigger = re.search(r"^desc: Trigger: Client Request: (.+)$", text, re.M)
-        total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-        if trigger and total and trigger.group(1).strip() in MODES:
-            found[trigger.group(1).strip()] = int(total.group(1))
-    return found
 
 
 def main() -> None:
@@ -107,16 +81,8 @@ def main() -> None:
     if args.child:
         child(args.child, args.calls)
         return
-    if not shutil.which("valgrind") or not shutil.which("gcc"):
-        sys.exit("bench/instructions.py: needs valgrind and gcc on PATH")
-    tmp = Path(tempfile.mkdtemp())
-    lib = _build(tmp)
-    out = tmp / "callgrind.out"
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                    sys.executable, __file__, str(args.calls), "--child", str(lib)],
-                   check=True, env=env, stderr=subprocess.DEVNULL)
-    totals = {mode: count / args.calls for mode, count in _totals(out).items()}
+    found = counts(__file__, lambda lib: [str(args.calls), "--child", lib])
+    totals = {mode: count / args.calls for mode, count in found.items() if mode in MODES}
     missing = [m for m in MODES if m not in totals]
     if missing:
         sys.exit(f"bench/instructions.py: no callgrind dump for {', '.join(missing)}")

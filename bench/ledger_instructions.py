@@ -9,19 +9,14 @@ Usage: python bench/ledger_instructions.py [BATCH] [BATCHES] [--prefill N] [--be
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime as dt
-import os
 import random
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from instructions import _build  # noqa: E402
+from _callgrind import Counters, counts  # noqa: E402
 
 BLOCKS = ("0004", "head")
 
@@ -32,7 +27,7 @@ def child(lib: str, batch: int, batches: int, prefill: int, before: str | None) 
     import telemetry.ledger.store as store
     from telemetry.ledger.db import get_engine, upgrade
 
-    cg = ctypes.CDLL(lib)
+    cg = Counters(lib)
     tmp = tempfile.mkdtemp()
     urls = {"0004": f"sqlite:///{tmp}/v4.db", "head": f"sqlite:///{tmp}/head.db"}
     upgrade(urls["0004"], "0004")
@@ -65,22 +60,8 @@ def main() -> None:
     if args.child:
         child(args.child, args.batch, args.batches, args.prefill, args.before)
         return
-    if not shutil.which("valgrind") or not shutil.which("gcc"):
-        sys.exit("bench/ledger_instructions.py: needs valgrind and gcc on PATH")
-    tmp = Path(tempfile.mkdtemp())
-    lib = _build(tmp)
-    out = tmp / "callgrind.out"
-    argv = [sys.executable, __file__, str(args.batch), str(args.batches), "--prefill", str(args.prefill),
-            "--child", str(lib), *(["--before", args.before] if args.before else [])]
-    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv], check=True,
-                   env={**os.environ, "PYTHONHASHSEED": "0"}, stderr=subprocess.DEVNULL)
-    totals: dict[str, int] = {}
-    for path in tmp.glob(out.name + "*"):
-        text = path.read_text(errors="replace")
-        trigger = re.search(r"^desc: Trigger: Client Request: (.+)$", text, re.M)
-        total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-        if trigger and total and trigger.group(1).strip() in BLOCKS:
-            totals[trigger.group(1).strip()] = int(total.group(1))
+    totals = counts(__file__, lambda lib: [str(args.batch), str(args.batches), "--prefill", str(args.prefill),
+                                           "--child", lib, *(["--before", args.before] if args.before else [])])
     rows = args.batch * args.batches
     print(f"instructions per row, {args.batches} batches of {args.batch} after {args.prefill:,} rows "
           f"(0004 ledger by {'the code in ' + args.before if args.before else 'this code'})")

@@ -154,15 +154,10 @@ def build_stages(ref: str, tmp: Path) -> tuple[list[Side], dict[str, list[Callab
 def instructions(ref: str, n: int, child_lib: str | None = None) -> None:
     """Every stage old and new under callgrind (this script again, as `--child`), counters zeroed and dumped
     around each block."""
-    import ctypes
-    import os
-    import re
-    import shutil
-
-    from instructions import _build
+    from _callgrind import Counters, counts
 
     if child_lib is not None:
-        cg = ctypes.CDLL(child_lib)
+        cg = Counters(child_lib)
         sides, stages = build_stages(ref, Path(tempfile.mkdtemp()))
         for key, fns in stages.items():
             m = n if not key.startswith("SDK call") else max(n // 5, 5)
@@ -174,26 +169,15 @@ def instructions(ref: str, n: int, child_lib: str | None = None) -> None:
                 cg.zero()
                 for _ in range(m):
                     fn()
-                cg.dump(f"{key}|{side.name}|{m}".encode())
+                cg.dump(f"{key}|{side.name}|{m}")
                 gc.enable()
         for side in sides:
             side.tel.shutdown()
         return
-    if not shutil.which("valgrind") or not shutil.which("gcc"):
-        sys.exit("bench/record_ab.py: --instructions needs valgrind and gcc on PATH")
-    tmp = Path(tempfile.mkdtemp())
-    lib = _build(tmp)
-    out = tmp / "callgrind.out"
-    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
-                    "--child", str(lib), ref, str(n)], check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
-                   stderr=subprocess.DEVNULL)
     found: dict[str, dict[str, float]] = {}
-    for path in tmp.glob("callgrind.out*"):
-        text = path.read_text(errors="replace")
-        trigger = re.search(r"^desc: Trigger: Client Request: (.+)\|(old|new)\|(\d+)$", text, re.M)
-        total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
-        if trigger and total:
-            found.setdefault(trigger.group(1), {})[trigger.group(2)] = int(total.group(1)) / int(trigger.group(3))
+    for name, total in counts(__file__, lambda lib: ["--child", lib, ref, str(n)]).items():
+        key, side, m = name.rsplit("|", 2)
+        found.setdefault(key, {})[side] = total / int(m)
     print(f"instructions per call (callgrind, GC off in the blocks), old = {ref}, new = working tree, {n} calls a "
           f"block ({max(n // 5, 5)} for SDK calls)")
     print(f"{'stage':52} {'old':>10} {'new':>10} {'new/old':>8}")
