@@ -46,7 +46,7 @@ def child(lib: str, batch: int, batches: int, prefill: int, before: str | None) 
         cg.zero()
         for chunk in chunks:
             stores[name].insert(chunk)
-        cg.dump(name.encode())
+        cg.dump(name)
 
 
 def main() -> None:
