@@ -5,7 +5,7 @@ The old code is a git ref's `telemetry` package, extracted to a temporary folder
 imports itself only relatively), so both run side by side on captures each made itself from the same mock SDK
 calls. Figures: per stage, the median and min over rounds of old and new (µs, `time.process_time`), their ratio,
 and function calls per record (cProfile: exact, load-independent).
-With --instructions, each stage is counted instead by callgrind (bench/instructions.py's helper): instructions
+With --instructions, each stage is counted instead by callgrind (bench/_callgrind.py): instructions
 per call, the same whatever else the machine runs (needs valgrind and gcc; ~1–2 min).
 Usage: python bench/record_ab.py [REF (default main)] [ROUNDS (default 15)] [N per block (default 200)]
        python bench/record_ab.py --instructions [REF] [N per block (default 100)]
