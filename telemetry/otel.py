@@ -11,12 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from opentelemetry import metrics, trace
-from opentelemetry.context import Context
 from opentelemetry.metrics import Observation
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -69,7 +67,6 @@ def _error_status(error_type: str) -> Status:
 
 
 _TUPLE_KEYS = (n.RESPONSE_FINISH_REASONS,)  # the span attributes whose values are tuples
-_NO_CONTEXT = Context()  # measurements are made on the pipeline thread: no caller context to look up
 _MAX_KEYS = 4096  # attribute sets cached; past that (a cardinality leak elsewhere) they are built per record
 
 
@@ -145,8 +142,7 @@ class OTelSink:
             ("in", self._tokens_in), ("out", self._tokens_out), ("duration", self._duration), ("ttfc", self._ttfc),
             ("tpoc", self._tpoc))}
         # record(value, attrs) per histogram: [0] through the shortcut, [1] the public API (attribute sets not cached)
-        self._record = {name: (f.record, partial(f.histogram.record, context=_NO_CONTEXT))
-                        for name, f in self._fast.items()}
+        self._record = {name: (f.record, f.histogram.record) for name, f in self._fast.items()}
         self._cost = _Totals()
         self._cache = _Totals()
         meter.create_observable_counter(n.METRIC_COST, callbacks=[self._cost.observe], unit="USD",

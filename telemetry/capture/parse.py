@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..record import UsageRecord
-from .scan import JSON_CAP, JsonScan, SseScan
+from .scan import JSON_CAP, JsonScan, SseScan, loads, parse_json
 from .state import AttemptCapture
 
 STATUS_ERROR_TYPES = {
@@ -56,50 +56,26 @@ def resource_from_host(host: str | None) -> str | None:
 
 
 _MAPPING = (dict, Mapping)  # JSON gives dicts: checked first, before the (slower) ABC check
-_scan_once = json.JSONDecoder().scan_once  # the C scanner json.loads ends in
-_JSON_WS = " \t\n\r"
-
-
-def loads(data: bytes) -> Any:
-    """`json.loads(data)`: the same value, or the same error. The usual case (UTF-8 bytes holding one JSON
-    value) goes straight to the C scanner, without `json.loads`'s Python-level encoding detection and its
-    two whitespace regexes (a third of its time on a Messages response); anything else, `json.loads` itself."""
-    try:
-        text = data.decode()
-        value, end = _scan_once(text, 0)
-        if end == len(text) or not text[end:].strip(_JSON_WS):
-            return value
-    except Exception:  # not UTF-8, not JSON at 0 (a BOM, leading space), ...: as json.loads says
-        pass
-    return json.loads(data)
-
-
-def _payload(raw: bytes) -> Any:
-    """A JSON body parsed (as `JsonScan.payload`), or None when it is empty or not JSON."""
-    try:
-        return loads(raw) if raw else None
-    except ValueError:
-        return None
-
-
 def _int(value: Any) -> int:
+    """A token count as the ledger keeps it: a non-negative int, else 0 (bools, floats, text, negatives)."""
+    if type(value) is int:  # every real count: one type check
+        return value if value >= 0 else 0
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def apply_usage(record: UsageRecord, usage: Any) -> None:
-    """Fold a `usage` object in; fields present override (message_delta usage is cumulative). A plain
-    non-negative int (every real count) is taken as it is, anything else as `_int` says."""
+    """Fold a `usage` object in; fields present override (message_delta usage is cumulative)."""
     if type(usage) is not dict and not isinstance(usage, Mapping):
         return
     get = usage.get
     if (value := get("input_tokens")) is not None:
-        record.input_tokens = value if type(value) is int and value >= 0 else _int(value)
+        record.input_tokens = _int(value)
     if (value := get("output_tokens")) is not None:
-        record.output_tokens = value if type(value) is int and value >= 0 else _int(value)
+        record.output_tokens = _int(value)
     if (value := get("cache_creation_input_tokens")) is not None:
-        record.cache_creation_input_tokens = value if type(value) is int and value >= 0 else _int(value)
+        record.cache_creation_input_tokens = _int(value)
     if (value := get("cache_read_input_tokens")) is not None:
-        record.cache_read_input_tokens = value if type(value) is int and value >= 0 else _int(value)
+        record.cache_read_input_tokens = _int(value)
     if (creation := get("cache_creation")) is not None and isinstance(creation, _MAPPING):
         record.cache_creation_5m_input_tokens = _int(creation.get("ephemeral_5m_input_tokens"))
         record.cache_creation_1h_input_tokens = _int(creation.get("ephemeral_1h_input_tokens"))
@@ -231,7 +207,7 @@ def build_record(capture: AttemptCapture, capture_content: bool = False) -> Usag
     if raw is not None:  # the usual JSON answer, held whole as it came: what a JsonScan of it would give
         is_sse = False
         size = len(raw)
-        payload = _payload(raw) if size else None
+        payload = parse_json(raw)
     else:
         scan = capture.body_scan(content_type, encoding, capture_content)
         is_sse = isinstance(scan, SseScan)
