@@ -34,6 +34,22 @@ _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
 _HOLD_S = 0.001  # longest stretch of records processed without offering the GIL to the request threads
 
 
+def _yield_gil() -> None:
+    time.sleep(0)
+
+
+def _urandom_id() -> str:
+    return os.urandom(16).hex()  # as uuid4().hex: 128 random bits
+
+
+def _age_ns(capture: AttemptCapture, now_ns: int) -> int:
+    """How long ago the capture's call ended (0 when that cannot be told: it then counts as fresh)."""
+    try:
+        return now_ns - (capture.t_end or capture.t0)
+    except Exception:
+        return 0
+
+
 class RecordSink(Protocol):
     def write(self, record: UsageRecord) -> None: ...
     def flush(self, timeout: float | None = None) -> bool: ...
@@ -65,6 +81,12 @@ class Pipeline:
         self._thread = threading.Thread(target=self._run, name="foundry-telemetry-pipeline", daemon=True)
         self._closed = False
         self.processed = 0
+        # how the worker shares the GIL with the request threads: instance attributes, so that two pipelines in
+        # one process can differ and bench/tail.py can A/B them block by block (the defaults are what ships)
+        self.hold_s = _HOLD_S
+        self.yield_gil: Callable[[], None] = _yield_gil
+        self.late_s: float | None = None  # set: no GIL offers while the records are older than this (catch up)
+        self.new_id: Callable[[], str] = _urandom_id
         self._thread.start()
 
     def submit(self, capture: AttemptCapture) -> None:
@@ -83,7 +105,7 @@ class Pipeline:
     def _run(self) -> None:
         stop = False
         empty = 0
-        clock = time.perf_counter
+        clock = time.perf_counter_ns
         while not stop:
             try:
                 if empty >= IDLE_AFTER_POLLS:
@@ -92,6 +114,8 @@ class Pipeline:
                     self._queue.wait(POLL_S)
                 items = self._queue.drain()
                 empty = 0 if items else empty + 1
+                hold, yield_gil = int(self.hold_s * 1e9), self.yield_gil
+                late = None if self.late_s is None else int(self.late_s * 1e9)
                 held = clock()
                 for item in items:  # everything drained is processed, even after the stop marker
                     if item is None:
@@ -100,12 +124,17 @@ class Pipeline:
                         item.set()
                     else:
                         self._process(item)
-                        if clock() - held > _HOLD_S:
+                        now = clock()
+                        if now - held > hold:
                             # hand the GIL back: a caller whose socket just became readable then waits ~1 ms
                             # for it, not the interpreter's 5 ms switch interval; yielding every ~1 ms (not
-                            # every record) keeps the pipeline ahead of CPU-bound callers
-                            time.sleep(0)
-                            held = clock()
+                            # every record) keeps the pipeline ahead of callers that wait on their sockets (a
+                            # CPU-bound caller takes the offer and keeps the GIL a whole switch interval: see
+                            # bench/tail.py for what that does to the journal's lag)
+                            if late is None or _age_ns(item, now) < late:
+                                yield_gil()
+                                now = clock()
+                            held = now
                 if items:
                     for hook in self._drained:
                         hook()
@@ -115,7 +144,7 @@ class Pipeline:
     def _process(self, capture: AttemptCapture) -> None:
         with self._lock:
             record = self._build(capture)
-            record.record_id = os.urandom(16).hex()  # as uuid4().hex: 128 random bits
+            record.record_id = self.new_id()
             try:
                 record.cost_usd = self._prices.cost(record)
                 record.discount = self._discounts.for_resource(record.resource)
