@@ -171,6 +171,7 @@ class Pipeline:
                 if self.catch_up_timeouts != self._reported_timeouts:
                     self._report_timeouts()
             except Exception as exc:  # never die: count it, say it, go on
+                self._holding_since = None
                 self._health.failed("pipeline_loop", exc)
 
     def _journaled(self) -> None:
