@@ -50,7 +50,9 @@ def test_a_call_ending_while_the_journal_is_behind_waits_until_it_has_caught_up(
         time.sleep(0.02)  # the first capture now waits longer than 7 ms
         call(client)
         if catch_up_ms:
-            assert journaled(spool) == 2  # both calls' records reached the journal before the second returned
+            # the record that was behind reached the journal before the second call returned (the second's own
+            # may still be on its way: the worker lets the caller go once it has journaled a stretch of ~1 ms)
+            assert journaled(spool) >= 1
             assert tel._pipeline.catch_ups == 1 and tel._pipeline.catch_up_timeouts == 0
         else:
             assert journaled(spool) == 0 and tel._pipeline.catch_ups == 0
