@@ -35,16 +35,12 @@ from _callgrind import Counters, counts  # noqa: E402
 TARGETS_US = {"ledger only": 60, "OTel on": 150}  # issue 11: added CPU per create call
 
 
-def _clients(tmp: str) -> tuple[dict[str, tuple[Any, Any]], Any]:
+def _clients(tmp: str) -> tuple[dict[str, tuple[Any, Any]], Any, list[Any]]:
+    """bench/_clients.py's four, plus the raw SDK behind a do-nothing middleware and a do-nothing transport."""
     import anthropic
     import httpx2
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from overhead import NullMetricExporter, NullSpanExporter, mock_response, sdk_client
-
-    from telemetry import Telemetry
+    from _clients import mock_clients
+    from overhead import mock_response
 
     class CallNext(anthropic.Middleware):
         def handle(self, request: Any, call_next: Any) -> Any:
@@ -57,29 +53,12 @@ def _clients(tmp: str) -> tuple[dict[str, tuple[Any, Any]], Any]:
         def handle_request(self, request: Any) -> Any:
             return self._inner.handle_request(request)
 
-    tp = TracerProvider()
-    tp.add_span_processor(BatchSpanProcessor(NullSpanExporter()))
-    mp = MeterProvider(metric_readers=[PeriodicExportingMetricReader(NullMetricExporter(),
-                                                                     export_interval_millis=600_000)])
-    tel = Telemetry(db_url=f"sqlite:///{tmp}/l.db", spool_dir=f"{tmp}/s")
-    tel_otel = Telemetry(db_url=f"sqlite:///{tmp}/lo.db", spool_dir=f"{tmp}/so", tracer_provider=tp,
-                         meter_provider=mp)
-
-    def otel_flush() -> None:
-        tp.force_flush()
-        mp.force_flush()
-
-    raw, raw_otel = sdk_client(None, True), sdk_client(tp, True)
-    clients = {
-        "raw": (raw, lambda: None),
-        "seam": (raw.with_options(middleware=[CallNext()]), lambda: None),
-        "transport": (raw.with_options(http_client=httpx2.Client(
-            transport=PassThrough(httpx2.MockTransport(mock_response)))), lambda: None),
-        "inst": (tel.instrument(sdk_client(None, True)), tel.flush),
-        "raw+otel": (raw_otel, otel_flush),
-        "inst+otel": (tel_otel.instrument(sdk_client(tp, True)), lambda: (tel_otel.flush(), otel_flush())),
-    }
-    return clients, (tp, tel, tel_otel)
+    clients, tp, telemetries = mock_clients(tmp)
+    raw = clients["raw"][0]
+    clients["seam"] = (raw.with_options(middleware=[CallNext()]), lambda: None)
+    clients["transport"] = (raw.with_options(http_client=httpx2.Client(
+        transport=PassThrough(httpx2.MockTransport(mock_response)))), lambda: None)
+    return clients, tp, telemetries
 
 
 def child(lib: str, calls: int, batch: int, prefill: str) -> None:
@@ -94,7 +73,7 @@ def child(lib: str, calls: int, batch: int, prefill: str) -> None:
 
     cg = Counters(lib)
     tmp = tempfile.mkdtemp()
-    clients, (tp, tel, tel_otel) = _clients(tmp)
+    clients, tp, telemetries = _clients(tmp)
     for client, flush in clients.values():  # warm-up: imports, schema, first batches, caches
         for _ in range(8):
             _create(client)
@@ -142,8 +121,8 @@ def child(lib: str, calls: int, batch: int, prefill: str) -> None:
         store.insert(chunks[2 * i + 1])
         cg.dump(f"row ours {i}")
     conn.close()
-    tel.shutdown()
-    tel_otel.shutdown()
+    for tel in telemetries:
+        tel.shutdown()
 
 
 def prefilled(n: int) -> Path:
@@ -171,7 +150,7 @@ def native_rates(rounds: int = 12, n: int = 150) -> dict[str, float]:
     """CPU µs per create call of each client, natively (blocks alternated, medians)."""
     from overhead import _create
 
-    clients, (_, tel, tel_otel) = _clients(tempfile.mkdtemp())
+    clients, _, telemetries = _clients(tempfile.mkdtemp())
     for client, flush in clients.values():
         for _ in range(30):
             _create(client)
@@ -186,8 +165,8 @@ def native_rates(rounds: int = 12, n: int = 150) -> dict[str, float]:
                 _create(client)
             flush()
             got[name].append((time.process_time() - t) / n * 1e6)
-    tel.shutdown()
-    tel_otel.shutdown()
+    for tel in telemetries:
+        tel.shutdown()
     return {k: statistics.median(v) for k, v in got.items()}
 
 

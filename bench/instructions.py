@@ -27,34 +27,11 @@ MODES = ("raw create", "inst create", "raw stream", "inst stream",
 
 
 def child(lib: str, calls: int) -> None:
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from overhead import NullMetricExporter, NullSpanExporter, _create, _stream, sdk_client
-
-    from telemetry import Telemetry
+    from _clients import mock_clients
+    from overhead import _create, _stream
 
     cg = Counters(lib)
-    tmp = tempfile.mkdtemp()
-    tp = TracerProvider()
-    tp.add_span_processor(BatchSpanProcessor(NullSpanExporter()))
-    mp = MeterProvider(metric_readers=[PeriodicExportingMetricReader(NullMetricExporter(),
-                                                                     export_interval_millis=600_000)])
-    tel = Telemetry(db_url=f"sqlite:///{tmp}/l.db", spool_dir=f"{tmp}/s")
-    tel_otel = Telemetry(db_url=f"sqlite:///{tmp}/lo.db", spool_dir=f"{tmp}/so", tracer_provider=tp,
-                         meter_provider=mp)
-
-    def otel_flush() -> None:
-        tp.force_flush()
-        mp.force_flush()
-
-    clients = {
-        "raw": (sdk_client(None, True), lambda: None),
-        "inst": (tel.instrument(sdk_client(None, True)), tel.flush),
-        "raw+otel": (sdk_client(tp, True), otel_flush),
-        "inst+otel": (tel_otel.instrument(sdk_client(tp, True)), lambda: (tel_otel.flush(), otel_flush())),
-    }
+    clients, _, telemetries = mock_clients(tempfile.mkdtemp())
     for client, flush in clients.values():  # warm-up: imports, schema, first batches, caches
         for _ in range(8):
             _create(client)
@@ -69,8 +46,8 @@ def child(lib: str, calls: int) -> None:
             call(client)
         flush()
         cg.dump(mode)
-    tel.shutdown()
-    tel_otel.shutdown()
+    for tel in telemetries:
+        tel.shutdown()
 
 
 def main() -> None:

@@ -189,6 +189,8 @@ class Telemetry:
             self.prices, all_sinks, self.health, emit=self._otel.emit,
             capture_content=self.settings.capture_content, queue_size=self.settings.queue_size,
             discounts=_load_discounts(self.settings, warn),
+            catch_up_after_ms=(self.settings.journal_catch_up_ms or None)
+            if self.ledger is not None and self.settings.journal else None,
         )
         self._capturer = Capturer(self._pipeline.submit, self.health.failed,
                                   keep_text=self.settings.capture_content)

@@ -61,6 +61,15 @@ class Handoff(Generic[T]):
     def wait(self, timeout: float | None) -> None:
         self._event.wait(timeout)
 
+    def wake(self) -> None:
+        """End the consumer's current wait now (a poll or an idle sleep)."""
+        self._event.set()
+
+    def oldest(self) -> T | None:
+        """The item waiting longest, or None when empty."""
+        items = self._items
+        return items[0] if items else None
+
     def sleep(self, timeout: float | None) -> None:
         """An idle wait that the first `put` ends (one wake-up per idle spell, not per call)."""
         self._sleeping = True

@@ -32,6 +32,18 @@ MAX_TOKENS_VALUE = 10**12
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_creation_5m_input_tokens",
                  "cache_creation_1h_input_tokens", "cache_read_input_tokens", "web_search_requests")
 _HOLD_S = 0.001  # longest stretch of records processed without offering the GIL to the request threads
+# Catching the journal up. The pipeline thread needs the GIL to journal, and a caller that keeps it (CPU-bound
+# between calls, or on a path that lets go of it only for moments, which CPython's hand-off loses to a holder
+# that re-takes it at once) can starve that thread for seconds: measured 0.1–1.8 s median behind over an
+# in-process transport, so a SIGKILL lost that much where issue 8 allows the last 10 ms. So when a call ends
+# and the oldest capture still waiting is older than `catch_up_after_ms` (setting `journal_catch_up_ms`, 7),
+# the caller wakes the pipeline and blocks (letting go of the GIL for real) until the pipeline has journaled
+# a hand-off, for at most CATCH_UP_WAIT_S. While the pipeline keeps up this costs one comparison per call
+CATCH_UP_WAIT_S = 0.003
+# after a wait that timed out (the ledger thread held the GIL meanwhile, or the pipeline blocked on a slow
+# disk), callers do not wait again for this long, doubled after each timeout in a row up to the most: a stuck
+# pipeline costs callers at most 3 ms a second
+CATCH_UP_BACKOFF_NS = (10_000_000, 1_000_000_000)
 
 
 def _yield_gil() -> None:
@@ -40,14 +52,6 @@ def _yield_gil() -> None:
 
 def _urandom_id() -> str:
     return os.urandom(16).hex()  # as uuid4().hex: 128 random bits
-
-
-def _age_ns(capture: AttemptCapture, now_ns: int) -> int:
-    """How long ago the capture's call ended (0 when that cannot be told: it then counts as fresh)."""
-    try:
-        return now_ns - (capture.t_end or capture.t0)
-    except Exception:
-        return 0
 
 
 class RecordSink(Protocol):
@@ -67,6 +71,7 @@ class Pipeline:
         capture_content: bool = False,
         queue_size: int = 10_000,
         discounts: Discounts | None = None,
+        catch_up_after_ms: int | None = None,
     ) -> None:
         self._prices = prices
         self._discounts = discounts or Discounts()
@@ -78,6 +83,14 @@ class Pipeline:
         self._queue: Handoff[AttemptCapture | threading.Event | None] = Handoff(queue_size, wake_at=256)
         self._lock = threading.Lock()  # one record at a time, worker or inline
         self._drained = [hook for sink in self._sinks if callable(hook := getattr(sink, "drained", None))]
+        self.catch_up_after_ns = catch_up_after_ms * 1_000_000 if catch_up_after_ms else None  # None: never wait
+        self._reported_timeouts = 0  # catch-up timeouts the worker has reported (callers only count them)
+        self._caught_up = threading.Event()  # set by the worker after each hand-off is journaled
+        self._holding_since: int | None = None  # t_end of the oldest capture the worker holds unjournaled
+        self._no_catch_up_until = 0
+        self._backoff_ns = CATCH_UP_BACKOFF_NS[0]
+        self.catch_ups = 0  # waits callers did for the journal (and `catch_up_timeouts` of them that timed out)
+        self.catch_up_timeouts = 0
         self._thread = threading.Thread(target=self._run, name="foundry-telemetry-pipeline", daemon=True)
         self._closed = False
         self.processed = 0
@@ -85,7 +98,6 @@ class Pipeline:
         # one process can differ and bench/tail.py can A/B them block by block (the defaults are what ships)
         self.hold_s = _HOLD_S
         self.yield_gil: Callable[[], None] = _yield_gil
-        self.late_s: float | None = None  # set: no GIL offers while the records are older than this (catch up)
         self.new_id: Callable[[], str] = _urandom_id
         self._thread.start()
 
@@ -95,17 +107,50 @@ class Pipeline:
             if self._closed:  # a stream finished after shutdown: still record it
                 self._process(capture)
                 return
-            if not self._queue.put(capture):
+            queue = self._queue
+            if not queue.put(capture):
                 # never drop: finish it here, on the caller's thread, rather than lose it
                 self._health.failed("pipeline_queue_full", message="queue full; processing inline")
                 self._process(capture)
+                return
+            limit = self.catch_up_after_ns
+            if limit is not None:
+                since = self._holding_since
+                if since is None:
+                    since = getattr(queue.oldest(), "t_end", None)
+                end = capture.t_end
+                if since is not None and end is not None and end - since > limit:
+                    self._catch_up(end)
         except Exception as exc:  # pragma: no cover
             self._health.failed("pipeline_submit", exc)
+
+    def _catch_up(self, now_ns: int) -> None:
+        """The journal is behind: wake the worker and wait (GIL released) until it has journaled a hand-off."""
+        if now_ns < self._no_catch_up_until or not self._thread.is_alive():
+            return
+        self.catch_ups += 1
+        done = self._caught_up
+        done.clear()
+        self._queue.wake()
+        if done.wait(CATCH_UP_WAIT_S):
+            self._backoff_ns = CATCH_UP_BACKOFF_NS[0]
+        else:
+            self.catch_up_timeouts += 1  # reported by the worker: no logging (I/O) on the caller's thread
+            self._no_catch_up_until = now_ns + self._backoff_ns
+            self._backoff_ns = min(self._backoff_ns * 2, CATCH_UP_BACKOFF_NS[1])
+
+    def _report_timeouts(self) -> None:
+        timeouts = self.catch_up_timeouts
+        for _ in range(min(timeouts - self._reported_timeouts, 100)):
+            self._health.failed("pipeline_behind", message="the journal fell behind the calls (a caller waited "
+                                f"{CATCH_UP_WAIT_S * 1000:.0f} ms for the pipeline thread in vain): a SIGKILL "
+                                "then loses more than the last few milliseconds of calls")
+        self._reported_timeouts = timeouts
 
     def _run(self) -> None:
         stop = False
         empty = 0
-        clock = time.perf_counter_ns
+        clock = time.perf_counter
         while not stop:
             try:
                 if empty >= IDLE_AFTER_POLLS:
@@ -114,32 +159,38 @@ class Pipeline:
                     self._queue.wait(POLL_S)
                 items = self._queue.drain()
                 empty = 0 if items else empty + 1
-                hold, yield_gil = int(self.hold_s * 1e9), self.yield_gil
-                late = None if self.late_s is None else int(self.late_s * 1e9)
+                hold, yield_gil = self.hold_s, self.yield_gil
                 held = clock()
-                for item in items:  # everything drained is processed, even after the stop marker
+                for i, item in enumerate(items):  # everything drained is processed, even after the stop marker
                     if item is None:
                         stop = True
                     elif isinstance(item, threading.Event):
                         item.set()
                     else:
                         self._process(item)
-                        now = clock()
-                        if now - held > hold:
+                        if clock() - held > hold and i + 1 < len(items):
                             # hand the GIL back: a caller whose socket just became readable then waits ~1 ms
                             # for it, not the interpreter's 5 ms switch interval; yielding every ~1 ms (not
-                            # every record) keeps the pipeline ahead of callers that wait on their sockets (a
-                            # CPU-bound caller takes the offer and keeps the GIL a whole switch interval: see
-                            # bench/tail.py for what that does to the journal's lag)
-                            if late is None or _age_ns(item, now) < late:
-                                yield_gil()
-                                now = clock()
-                            held = now
+                            # every record) keeps the pipeline ahead of CPU-bound callers. What is processed
+                            # goes to the journal first, and callers see how old the rest is
+                            self._journaled()
+                            self._holding_since = getattr(items[i + 1], "t_end", None)
+                            self._caught_up.set()
+                            yield_gil()
+                            held = clock()
+                self._holding_since = None
                 if items:
-                    for hook in self._drained:
-                        hook()
+                    self._journaled()
+                    self._caught_up.set()
+                if self.catch_up_timeouts != self._reported_timeouts:
+                    self._report_timeouts()
             except Exception as exc:  # never die: count it, say it, go on
+                self._holding_since = None
                 self._health.failed("pipeline_loop", exc)
+
+    def _journaled(self) -> None:
+        for hook in self._drained:
+            hook()
 
     def _process(self, capture: AttemptCapture) -> None:
         with self._lock:

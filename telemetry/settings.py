@@ -67,6 +67,10 @@ def _positive_int(value: object, name: str) -> int:
     return _int(value, name, 1)
 
 
+def _catch_up_ms(value: object, name: str) -> int:
+    return _int(value, name, 0, 60_000)
+
+
 def _seconds(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise SettingsError(f"{name}={_shown(value)} is not a number of seconds")
@@ -127,7 +131,7 @@ _PARSERS: dict[str, Callable[[object, str], Any]] = {
     "db_url": check_db_url, "connection_string": _text, "retention_days": _days, "deployments": _text,
     "prices_path": _text, "capture_content": _bool, "spool_dir": _text, "queue_size": _positive_int,
     "batch_size": _positive_int, "batch_interval_s": _seconds, "ledger": _bool, "journal": _bool,
-    "discount": discount_fraction, "otel_shortcuts": _bool,
+    "discount": discount_fraction, "otel_shortcuts": _bool, "journal_catch_up_ms": _catch_up_ms,
 }
 ENV_VARS: dict[str, str] = {
     "FOUNDRY_TELEMETRY_DB_URL": "db_url",
@@ -139,6 +143,7 @@ ENV_VARS: dict[str, str] = {
     "FOUNDRY_TELEMETRY_SPOOL_DIR": "spool_dir",
     "FOUNDRY_TELEMETRY_DISCOUNT": "discount",
     "FOUNDRY_TELEMETRY_OTEL_SHORTCUTS": "otel_shortcuts",
+    "FOUNDRY_TELEMETRY_JOURNAL_CATCH_UP_MS": "journal_catch_up_ms",
 }
 _BLANK_IS_UNSET = {"db_url", "connection_string", "deployments", "prices_path", "spool_dir", "discount"}
 
@@ -159,6 +164,9 @@ class Settings:
     journal: bool = True  # every record journaled before it waits for a batch (survives SIGKILL)
     discount: Decimal = Decimal(0)  # contractual discount off list, applied before conversion to CCUs
     otel_shortcuts: bool = True  # the checked OpenTelemetry SDK shortcuts (otel_shortcuts.py); False: public API only
+    # a call ending while the journal is this far behind the calls waits (≤ 3 ms) for the pipeline to journal
+    # what is waiting (pipeline.py, "Catching the journal up"); 0: never wait
+    journal_catch_up_ms: int = 7
     # lenient reads: what was ignored and why, one line each (Telemetry logs them once)
     problems: tuple[str, ...] = field(default=(), compare=False, repr=False)
 

@@ -1,0 +1,101 @@
+"""The SIGKILL window as it is lived: how long each call's record waits, after the call returned, before it is in
+the journal in the page cache (what a SIGKILL cannot take), with the journal catch-up on (default: a call ending
+while the journal is over 7 ms behind waits for it) and off, alternated block by block in one process; beside
+each, CPU per call and the call's own latency (p50/p99/max), and the raw SDK's in the same rounds.
+
+Over the in-process mock transport the caller is CPU-bound and keeps the GIL (the worst case for a background
+thread); against the emulator (its own process, real sockets) the caller lets go of it while it waits.
+Usage: python bench/journal_lag.py [mock|emulator] [ROUNDS (default 8)] [N per block (default 300)]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from overhead import _create, sdk_client  # noqa: E402
+
+from telemetry import Telemetry  # noqa: E402
+from telemetry.ledger import journal  # noqa: E402
+from telemetry.settings import Settings  # noqa: E402
+
+
+class LagProbe:
+    """Wraps `Journal.add` / `Journal.sync`: for each record, sync time minus its call's end."""
+
+    def __init__(self) -> None:
+        self.pending: list[float] = []
+        self.lags_ms: list[float] = []
+        add, sync = journal.Journal.add, journal.Journal.sync
+
+        def probed_add(jnl: Any, record: Any) -> None:
+            self.pending.append(record.created_at.timestamp() + (record.latency_ms or 0) / 1000)
+            add(jnl, record)
+
+        def probed_sync(jnl: Any) -> None:
+            sync(jnl)
+            now = time.time()
+            self.lags_ms.extend((now - t) * 1000 for t in self.pending)
+            self.pending.clear()
+
+        journal.Journal.add, journal.Journal.sync = probed_add, probed_sync  # type: ignore[method-assign]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else 0.0
+
+
+def main(where: str = "mock", rounds: int = 8, n: int = 300) -> None:
+    probe = LagProbe()
+    tel = Telemetry(db_url=f"sqlite:///{tempfile.mkdtemp()}/l.db")
+    emulator = None
+    if where == "emulator":
+        from _emulator import EmulatorProcess
+
+        emulator = EmulatorProcess()
+        raw, inst = (sdk_client(base_url=emulator.base_url), tel.instrument(sdk_client(base_url=emulator.base_url)))
+    else:
+        raw, inst = sdk_client(mock=True), tel.instrument(sdk_client(mock=True))
+    for _ in range(100):
+        _create(raw)
+        _create(inst)
+    tel.flush()
+    pipe = tel._pipeline
+    catch_up_ns = Settings().journal_catch_up_ms * 1_000_000
+    runs: dict[str, dict[str, list[float]]] = {k: {"cpu": [], "wall": [], "lag": []} for k in ("raw", "off", "on")}
+    for r in range(rounds):
+        for mode in (("raw", "off", "on") if r % 2 == 0 else ("on", "off", "raw")):
+            pipe.catch_up_after_ns = catch_up_ns if mode == "on" else None
+            client, got = (raw if mode == "raw" else inst), runs[mode]
+            probe.lags_ms.clear()
+            cpu = time.process_time()
+            for _ in range(n):
+                t = time.perf_counter()
+                _create(client)
+                got["wall"].append((time.perf_counter() - t) * 1000)
+            tel.flush()
+            got["cpu"].append((time.process_time() - cpu) / n * 1e6)
+            got["lag"].extend(probe.lags_ms)
+    waits, in_vain = pipe.catch_ups, pipe.catch_up_timeouts
+    tel.shutdown()
+    if emulator is not None:
+        emulator.close()
+    print(f"{where}: {rounds} rounds × {n} create calls a block; catch-up waits {waits} ({in_vain} in vain)")
+    print(f"{'':12} {'CPU/call µs':>11} {'call p50/p99/max ms':>22} {'record → journal p50/p90/p99/max ms':>38}")
+    for mode, got in runs.items():
+        wall, lag = got["wall"], got["lag"]
+        lags = (f"{pct(lag, .5):.1f} / {pct(lag, .9):.1f} / {pct(lag, .99):.1f} / {max(lag):.1f}" if lag
+                else "—")
+        print(f"{'raw SDK' if mode == 'raw' else 'catch-up ' + mode:12} {statistics.median(got['cpu']):11.0f} "
+              f"{pct(wall, .5):8.2f} / {pct(wall, .99):.2f} / {max(wall):5.1f} {lags:>38}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "mock", int(sys.argv[2]) if len(sys.argv) > 2 else 8,
+         int(sys.argv[3]) if len(sys.argv) > 3 else 300)
