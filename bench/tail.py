@@ -78,10 +78,10 @@ KNOBS: dict[str, Callable[[Telemetry], None]] = {
     "handoff": _set(yield_gil=_sleep_1us),  # every 1 ms, a sleep that lets a waiting thread in
     "handoff-per-record": _set(hold_s=0.0, yield_gil=_sleep_1us),
     "sched-yield": _set(yield_gil=os.sched_yield),
+    "no-catch-up": _set(catch_up_after_ns=None),  # callers never wait for a journal that is behind
     "no-offers": _set(hold_s=1e9),  # never offer the GIL inside a drain
-    "fresh-offers": _set(late_s=0.005),  # offer only while the records are younger than a poll (catch up first)
     "random-ids": _set(new_id=_random_id),  # record ids without dropping the GIL per record
-    "fresh-offers+random-ids": _set(late_s=0.005, new_id=_random_id),
+    "no-offers+random-ids": _set(hold_s=1e9, new_id=_random_id),  # no GIL drop at all inside a drain
 }
 
 
