@@ -68,6 +68,32 @@ def _random_id() -> str:
     return f"{_ids.getrandbits(128):032x}"
 
 
+def _ledger_offers(every: int = 64) -> Callable[[Telemetry], None]:
+    """The ledger writer offers the GIL for real (a short sleep) every `every` rows it converts and before the
+    daily totals of a batch: its batch is otherwise one GIL-held stretch of several ms (a caller whose response
+    arrives meanwhile waits for all of it: the writer's many brief drops, one per SQLite step, lose the hand-off
+    race and restart the caller's 5 ms switch timer)."""
+    def knob(tel: Telemetry) -> None:
+        store = tel.ledger._store if tel.ledger else None
+        if store is None:
+            raise SystemExit("ledger not connected")
+        row, totals = store._row, store._add_totals
+        count = [0]
+
+        def offered_row(r: Any) -> Any:
+            count[0] += 1
+            if count[0] % every == 0:
+                time.sleep(1e-6)
+            return row(r)
+
+        def offered_totals(raw: Any, records: Any) -> None:
+            time.sleep(1e-6)
+            totals(raw, records)
+        store._row = offered_row
+        store._add_totals = offered_totals  # type: ignore[method-assign]
+    return knob
+
+
 def _sleep_1us() -> None:
     time.sleep(1e-6)  # a real (~50 µs, the timer slack) sleep: the waiting thread takes the GIL meanwhile
 
@@ -78,6 +104,7 @@ KNOBS: dict[str, Callable[[Telemetry], None]] = {
     "handoff": _set(yield_gil=_sleep_1us),  # every 1 ms, a sleep that lets a waiting thread in
     "handoff-per-record": _set(hold_s=0.0, yield_gil=_sleep_1us),
     "sched-yield": _set(yield_gil=os.sched_yield),
+    "ledger-offers": _ledger_offers(),
     "no-catch-up": _set(catch_up_after_ns=None),  # callers never wait for a journal that is behind
     "no-offers": _set(hold_s=1e9),  # never offer the GIL inside a drain
     "random-ids": _set(new_id=_random_id),  # record ids without dropping the GIL per record
@@ -236,31 +263,8 @@ def main(rounds: int, n: int, mock: bool, knob: str, attribute: bool, freeze: bo
                       meter_provider=mp)
     tel_b = Telemetry(db_url=f"sqlite:///{tmp}/b.db", spool_dir=f"{tmp}/spool-b", tracer_provider=tp,
                       meter_provider=mp)
-    KNOBS[knob_a](tel_a)
-    KNOBS[knob](tel_b)
     yields = {"A": 0, "B": 0}
     lags: dict[str, list[float]] = {"A": [], "B": []}  # call end → journal written to the OS, seconds
-    if attribute:  # count the worker's offers of the GIL; time what a SIGKILL could lose
-        for key, tel in (("A", tel_a), ("B", tel_b)):
-            def counted(inner: Callable[[], None] = tel._pipeline.yield_gil, key: str = key) -> None:
-                yields[key] += 1
-                inner()
-
-            pending: list[int] = []
-
-            def timed(capture: Any, inner: Callable[[Any], None] = tel._pipeline._process,
-                      pending: list[int] = pending) -> None:
-                inner(capture)
-                pending.append(capture.t_end or capture.t0)
-
-            def synced(pending: list[int] = pending, lag: list[float] = lags[key]) -> None:
-                # the journal's buffer went to the OS (the pipeline's drained hook): from here a SIGKILL loses none
-                now = time.perf_counter_ns()
-                lag.extend((now - end) / 1e9 for end in pending)
-                pending.clear()
-            tel._pipeline.yield_gil = counted
-            tel._pipeline._process = timed  # type: ignore[method-assign]
-            tel._pipeline._drained.append(synced)
     clients = [
         Client("raw+otel", sdk_client(tp, mock, base_url), otel_flush),
         Client(f"A:{knob_a}", tel_a.instrument(sdk_client(tp, mock, base_url)), tel_a.flush),
@@ -271,6 +275,29 @@ def main(rounds: int, n: int, mock: bool, knob: str, attribute: bool, freeze: bo
         for c in clients:  # warm-up: connections, imports, first batches
             for mode in ("create", "stream"):
                 block(c, mode, 50, None)
+        KNOBS[knob_a](tel_a)  # after the warm-up: the ledger is connected, its store built
+        KNOBS[knob](tel_b)
+        if attribute:  # count the worker's offers of the GIL; time what a SIGKILL could lose
+            for key, tel in (("A", tel_a), ("B", tel_b)):
+                def counted(inner: Callable[[], None] = tel._pipeline.yield_gil, key: str = key) -> None:
+                    yields[key] += 1
+                    inner()
+
+                pending: list[int] = []
+
+                def timed(capture: Any, inner: Callable[[Any], None] = tel._pipeline._process,
+                          pending: list[int] = pending) -> None:
+                    inner(capture)
+                    pending.append(capture.t_end or capture.t0)
+
+                def synced(pending: list[int] = pending, lag: list[float] = lags[key]) -> None:
+                    # the journal's buffer went to the OS (the pipeline's drained hook): from here a SIGKILL loses none
+                    now = time.perf_counter_ns()
+                    lag.extend((now - end) / 1e9 for end in pending)
+                    pending.clear()
+                tel._pipeline.yield_gil = counted
+                tel._pipeline._process = timed  # type: ignore[method-assign]
+                tel._pipeline._drained.append(synced)
         for c in clients:
             c.wall = {"create": [], "stream": []}
             c.cpu = {"create": [], "stream": []}
