@@ -56,8 +56,8 @@ def test_two_pipelines_in_one_process_share_the_gil_each_their_own_way():
     # every call recorded by its own pipeline, whatever the knobs
     assert [len(k.records) for k in keep.values()] == [8, 8]
     assert all(r.status_code == 200 and r.output_tokens == 5 for k in keep.values() for r in k.records)
-    # one pipeline offered the GIL between the records it held (not after the last of a hand-off), the other never
-    assert 1 <= offers["every"] <= 7
+    # one pipeline offered the GIL between the items it held (at most once per record), the other never
+    assert 1 <= offers["every"] <= 8
     assert offers["never"] == 0
     # ids from that pipeline's own generator; the other kept the default: 128 random bits, 32 hex digits, unique
     assert sorted(r.record_id for r in keep["every"].records) == [f"{i:032x}" for i in range(1, 9)]
