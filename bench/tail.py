@@ -38,14 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
 sys.path.insert(0, str(Path(__file__).parent))
+from _clients import null_providers  # noqa: E402
 from _emulator import EmulatorProcess  # noqa: E402
-from overhead import NullMetricExporter, NullSpanExporter, _create, _stream, pct, sdk_client  # noqa: E402
+from overhead import _create, _stream, pct, sdk_client  # noqa: E402
 
 from telemetry import Telemetry  # noqa: E402
 
@@ -250,14 +246,7 @@ def main(rounds: int, n: int, mock: bool, knob: str, attribute: bool, freeze: bo
     emu = None if mock else EmulatorProcess()
     base_url = emu.base_url if emu else "http://127.0.0.1:9/anthropic/"
     tmp = tempfile.mkdtemp()
-    tp = TracerProvider()
-    tp.add_span_processor(BatchSpanProcessor(NullSpanExporter()))
-    mp = MeterProvider(metric_readers=[PeriodicExportingMetricReader(NullMetricExporter(),
-                                                                     export_interval_millis=60_000)])
-
-    def otel_flush() -> None:
-        tp.force_flush()
-        mp.force_flush()
+    tp, mp, otel_flush = null_providers(60_000)
 
     tel_a = Telemetry(db_url=f"sqlite:///{tmp}/a.db", spool_dir=f"{tmp}/spool-a", tracer_provider=tp,
                       meter_provider=mp)

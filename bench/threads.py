@@ -21,13 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import NullMetricExporter, NullSpanExporter, _create, _stream, sdk_client  # noqa: E402
+from _clients import null_providers  # noqa: E402
+from overhead import _create, _stream, sdk_client  # noqa: E402
 
 from telemetry import Telemetry  # noqa: E402
 
@@ -84,14 +80,7 @@ def paced(rounds: int, seconds: float = 3.0) -> None:
 
 def main(rounds: int = 6, n: int = 300, use_yappi: bool = False) -> None:
     tmp = tempfile.mkdtemp()
-    tp = TracerProvider()
-    tp.add_span_processor(BatchSpanProcessor(NullSpanExporter()))
-    mp = MeterProvider(metric_readers=[PeriodicExportingMetricReader(NullMetricExporter(),
-                                                                     export_interval_millis=60_000)])
-
-    def otel_flush() -> None:
-        tp.force_flush()
-        mp.force_flush()
+    tp, mp, otel_flush = null_providers(60_000)
 
     tel = Telemetry(db_url=f"sqlite:///{tmp}/ledger.db", spool_dir=f"{tmp}/spool")
     tel_otel = Telemetry(db_url=f"sqlite:///{tmp}/ledger-otel.db", spool_dir=f"{tmp}/spool-otel",
