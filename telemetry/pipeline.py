@@ -34,7 +34,7 @@ _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
 _HOLD_S = 0.001  # longest stretch of records processed without offering the GIL to the request threads
 # Catching the journal up. The pipeline thread needs the GIL to journal, and a caller that keeps it (CPU-bound
 # between calls, or on a path that lets go of it only for moments, which CPython's hand-off loses to a holder
-# that re-takes it at once) can starve that thread for seconds: measured 0.1–1.8 s median behind over an
+# that re-takes it at once) can starve that thread for seconds: measured 0.03–1.8 s median behind over an
 # in-process transport, so a SIGKILL lost that much where issue 8 allows the last 10 ms. So when a call ends
 # and the oldest capture still waiting is older than `catch_up_after_ms` (setting `journal_catch_up_ms`, 7),
 # the caller wakes the pipeline and blocks (letting go of the GIL for real) until the pipeline has journaled
