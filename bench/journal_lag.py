@@ -5,7 +5,8 @@ each, CPU per call and the call's own latency (p50/p99/max), and the raw SDK's i
 
 Over the in-process mock transport the caller is CPU-bound and keeps the GIL (the worst case for a background
 thread); against the emulator (its own process, real sockets) the caller lets go of it while it waits.
-Usage: python bench/journal_lag.py [mock|emulator] [ROUNDS (default 8)] [N per block (default 300)]
+With `otel`, both clients run with OTel SDK providers (to do-nothing exporters), as with Azure Monitor.
+Usage: python bench/journal_lag.py [mock|emulator] [ROUNDS (default 8)] [N per block (default 300)] [otel]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _clients import null_providers  # noqa: E402
 from overhead import _create, sdk_client  # noqa: E402
 
 from telemetry import Telemetry  # noqa: E402
@@ -51,17 +53,19 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else 0.0
 
 
-def main(where: str = "mock", rounds: int = 8, n: int = 300) -> None:
+def main(where: str = "mock", rounds: int = 8, n: int = 300, otel: bool = False) -> None:
     probe = LagProbe()
-    tel = Telemetry(db_url=f"sqlite:///{tempfile.mkdtemp()}/l.db")
+    tp, mp, otel_flush = null_providers() if otel else (None, None, lambda: None)
+    tel = Telemetry(db_url=f"sqlite:///{tempfile.mkdtemp()}/l.db", tracer_provider=tp, meter_provider=mp)
     emulator = None
     if where == "emulator":
         from _emulator import EmulatorProcess
 
         emulator = EmulatorProcess()
-        raw, inst = (sdk_client(base_url=emulator.base_url), tel.instrument(sdk_client(base_url=emulator.base_url)))
+        raw, inst = (sdk_client(tp, base_url=emulator.base_url),
+                     tel.instrument(sdk_client(tp, base_url=emulator.base_url)))
     else:
-        raw, inst = sdk_client(mock=True), tel.instrument(sdk_client(mock=True))
+        raw, inst = sdk_client(tp, mock=True), tel.instrument(sdk_client(tp, mock=True))
     for _ in range(100):
         _create(raw)
         _create(inst)
@@ -80,13 +84,15 @@ def main(where: str = "mock", rounds: int = 8, n: int = 300) -> None:
                 _create(client)
                 got["wall"].append((time.perf_counter() - t) * 1000)
             tel.flush()
+            otel_flush()
             got["cpu"].append((time.process_time() - cpu) / n * 1e6)
             got["lag"].extend(probe.lags_ms)
     waits, in_vain = pipe.catch_ups, pipe.catch_up_timeouts
     tel.shutdown()
     if emulator is not None:
         emulator.close()
-    print(f"{where}: {rounds} rounds × {n} create calls a block; catch-up waits {waits} ({in_vain} in vain)")
+    print(f"{where}{', OTel on' if otel else ''}: "
+          f"{rounds} rounds × {n} create calls a block; catch-up waits {waits} ({in_vain} in vain)")
     print(f"{'':12} {'CPU/call µs':>11} {'call p50/p99/max ms':>22} {'record → journal p50/p90/p99/max ms':>38}")
     for mode, got in runs.items():
         wall, lag = got["wall"], got["lag"]
@@ -98,4 +104,4 @@ def main(where: str = "mock", rounds: int = 8, n: int = 300) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "mock", int(sys.argv[2]) if len(sys.argv) > 2 else 8,
-         int(sys.argv[3]) if len(sys.argv) > 3 else 300)
+         int(sys.argv[3]) if len(sys.argv) > 3 else 300, "otel" in sys.argv[4:])
