@@ -16,45 +16,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _clients import null_providers  # noqa: E402
-from overhead import _create, sdk_client  # noqa: E402
+from _lag import journal_lags  # noqa: E402
+from overhead import _create, pct, sdk_client  # noqa: E402
 
 from telemetry import Telemetry  # noqa: E402
-from telemetry.ledger import journal  # noqa: E402
 from telemetry.settings import Settings  # noqa: E402
 
 
-class LagProbe:
-    """Wraps `Journal.add` / `Journal.sync`: for each record, sync time minus its call's end."""
-
-    def __init__(self) -> None:
-        self.pending: list[float] = []
-        self.lags_ms: list[float] = []
-        add, sync = journal.Journal.add, journal.Journal.sync
-
-        def probed_add(jnl: Any, record: Any) -> None:
-            self.pending.append(record.created_at.timestamp() + (record.latency_ms or 0) / 1000)
-            add(jnl, record)
-
-        def probed_sync(jnl: Any) -> None:
-            sync(jnl)
-            now = time.time()
-            self.lags_ms.extend((now - t) * 1000 for t in self.pending)
-            self.pending.clear()
-
-        journal.Journal.add, journal.Journal.sync = probed_add, probed_sync  # type: ignore[method-assign]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else 0.0
-
-
 def main(where: str = "mock", rounds: int = 8, n: int = 300, otel: bool = False) -> None:
-    probe = LagProbe()
     tp, mp, otel_flush = null_providers() if otel else (None, None, lambda: None)
     tel = Telemetry(db_url=f"sqlite:///{tempfile.mkdtemp()}/l.db", tracer_provider=tp, meter_provider=mp)
     emulator = None
@@ -71,13 +43,14 @@ def main(where: str = "mock", rounds: int = 8, n: int = 300, otel: bool = False)
         _create(inst)
     tel.flush()
     pipe = tel._pipeline
+    lags = journal_lags(pipe)  # seconds
     catch_up_ns = Settings().journal_catch_up_ms * 1_000_000
     runs: dict[str, dict[str, list[float]]] = {k: {"cpu": [], "wall": [], "lag": []} for k in ("raw", "off", "on")}
     for r in range(rounds):
         for mode in (("raw", "off", "on") if r % 2 == 0 else ("on", "off", "raw")):
             pipe.catch_up_after_ns = catch_up_ns if mode == "on" else None
             client, got = (raw if mode == "raw" else inst), runs[mode]
-            probe.lags_ms.clear()
+            lags.clear()
             cpu = time.process_time()
             for _ in range(n):
                 t = time.perf_counter()
@@ -86,7 +59,7 @@ def main(where: str = "mock", rounds: int = 8, n: int = 300, otel: bool = False)
             tel.flush()
             otel_flush()
             got["cpu"].append((time.process_time() - cpu) / n * 1e6)
-            got["lag"].extend(probe.lags_ms)
+            got["lag"].extend(lag * 1000 for lag in lags)
     waits, in_vain = pipe.catch_ups, pipe.catch_up_timeouts
     tel.shutdown()
     if emulator is not None:

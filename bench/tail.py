@@ -41,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 from _clients import null_providers  # noqa: E402
 from _emulator import EmulatorProcess  # noqa: E402
+from _lag import journal_lags  # noqa: E402
 from overhead import _create, _stream, pct, sdk_client  # noqa: E402
 
 from telemetry import Telemetry  # noqa: E402
@@ -272,21 +273,8 @@ def main(rounds: int, n: int, mock: bool, knob: str, attribute: bool, freeze: bo
                     yields[key] += 1
                     inner()
 
-                pending: list[int] = []
-
-                def timed(capture: Any, inner: Callable[[Any], None] = tel._pipeline._process,
-                          pending: list[int] = pending) -> None:
-                    inner(capture)
-                    pending.append(capture.t_end or capture.t0)
-
-                def synced(pending: list[int] = pending, lag: list[float] = lags[key]) -> None:
-                    # the journal's buffer went to the OS (the pipeline's drained hook): from here a SIGKILL loses none
-                    now = time.perf_counter_ns()
-                    lag.extend((now - end) / 1e9 for end in pending)
-                    pending.clear()
                 tel._pipeline.yield_gil = counted
-                tel._pipeline._process = timed  # type: ignore[method-assign]
-                tel._pipeline._drained.append(synced)
+                lags[key] = journal_lags(tel._pipeline)
         for c in clients:
             c.wall = {"create": [], "stream": []}
             c.cpu = {"create": [], "stream": []}
