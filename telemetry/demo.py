@@ -98,7 +98,9 @@ def run_demo(db_url: str, requests: int, html_path: Path, console: Console, seed
     plan = _plan(requests, rng)
     with EmulatorServer() as emu:
         console.print(f"Foundry emulator on [bold]{emu.base_url}[/bold]; ledger [bold]{db_url}[/bold]")
-        tel = Telemetry.from_env(db_url=db_url, deployments=DEMO_DEPLOYMENTS)
+        # the emulator serves from this process, its threads competing for the GIL with the pipeline's: callers
+        # waiting for a journal behind them (the default, for SIGKILL safety) would only slow its own server
+        tel = Telemetry.from_env(db_url=db_url, deployments=DEMO_DEPLOYMENTS, journal_catch_up_ms=0)
         client = tel.instrument(AnthropicFoundry(api_key="demo-key", base_url=emu.base_url))
         aclient = tel.instrument(AsyncAnthropicFoundry(api_key="demo-key", base_url=emu.base_url))
         lock = threading.Lock()

@@ -44,6 +44,9 @@ CATCH_UP_WAIT_S = 0.003
 # disk), callers do not wait again for this long, doubled after each timeout in a row up to the most: a stuck
 # pipeline costs callers at most 3 ms a second
 CATCH_UP_BACKOFF_NS = (10_000_000, 1_000_000_000)
+# a wait in vain is counted (health `pipeline_behind`); from the third in a row (the pipeline has not run for
+# 40 ms or more: a stall, not a GC pass or a ledger batch) it is also a failure: exported, logged at a bounded rate
+CATCH_UP_STALL_AFTER = 3
 
 
 def _yield_gil() -> None:
@@ -84,13 +87,14 @@ class Pipeline:
         self._lock = threading.Lock()  # one record at a time, worker or inline
         self._drained = [hook for sink in self._sinks if callable(hook := getattr(sink, "drained", None))]
         self.catch_up_after_ns = catch_up_after_ms * 1_000_000 if catch_up_after_ms else None  # None: never wait
-        self._reported_timeouts = 0  # catch-up timeouts the worker has reported (callers only count them)
+        self._reported = (0, 0)  # (timeouts, stalls) the worker has reported (callers only count them)
+        self._in_a_row = 0  # catch-up waits in vain since the last one that was not
         self._caught_up = threading.Event()  # set by the worker after each hand-off is journaled
         self._holding_since: int | None = None  # t_end of the oldest capture the worker holds unjournaled
         self._no_catch_up_until = 0
-        self._backoff_ns = CATCH_UP_BACKOFF_NS[0]
         self.catch_ups = 0  # waits callers did for the journal (and `catch_up_timeouts` of them that timed out)
         self.catch_up_timeouts = 0
+        self.catch_up_stalls = 0  # timeouts that came CATCH_UP_STALL_AFTER or more in a row
         self._thread = threading.Thread(target=self._run, name="foundry-telemetry-pipeline", daemon=True)
         self._closed = False
         self.processed = 0
@@ -133,19 +137,24 @@ class Pipeline:
         done.clear()
         self._queue.wake()
         if done.wait(CATCH_UP_WAIT_S):
-            self._backoff_ns = CATCH_UP_BACKOFF_NS[0]
+            self._in_a_row = 0
         else:
-            self.catch_up_timeouts += 1  # reported by the worker: no logging (I/O) on the caller's thread
-            self._no_catch_up_until = now_ns + self._backoff_ns
-            self._backoff_ns = min(self._backoff_ns * 2, CATCH_UP_BACKOFF_NS[1])
+            self._in_a_row += 1  # counted here, reported by the worker: no logging (I/O) on the caller's thread
+            self.catch_up_stalls += self._in_a_row >= CATCH_UP_STALL_AFTER
+            self.catch_up_timeouts += 1
+            first, most = CATCH_UP_BACKOFF_NS
+            self._no_catch_up_until = now_ns + min(first << min(self._in_a_row - 1, 30), most)
 
     def _report_timeouts(self) -> None:
-        timeouts = self.catch_up_timeouts
-        for _ in range(timeouts - self._reported_timeouts):  # each counted and exported; logged at a bounded rate
-            self._health.failed("pipeline_behind", message="the journal fell behind the calls (a caller waited "
-                                f"{CATCH_UP_WAIT_S * 1000:.0f} ms for the pipeline thread in vain): a SIGKILL "
-                                "then loses more than the last few milliseconds of calls")
-        self._reported_timeouts = timeouts
+        timeouts, stalls = self.catch_up_timeouts, self.catch_up_stalls
+        new_stalls = stalls - self._reported[1]
+        for _ in range(timeouts - self._reported[0] - new_stalls):
+            self._health.count("pipeline_behind")
+        for _ in range(new_stalls):  # each counted and exported; logged at a bounded rate
+            self._health.failed("pipeline_behind", message="the journal is behind the calls: the pipeline thread "
+                                f"has not run through {CATCH_UP_STALL_AFTER} catch-up waits in a row, so a SIGKILL "
+                                "now loses more than the last few milliseconds of calls")
+        self._reported = (timeouts, stalls)
 
     def _run(self) -> None:
         stop = False
@@ -182,7 +191,7 @@ class Pipeline:
                 if items:
                     self._journaled()
                     self._caught_up.set()
-                if self.catch_up_timeouts != self._reported_timeouts:
+                if self.catch_up_timeouts != self._reported[0]:
                     self._report_timeouts()
             except Exception as exc:  # never die: count it, say it, go on
                 self._holding_since = None

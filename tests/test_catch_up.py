@@ -112,6 +112,31 @@ def test_a_stuck_pipeline_costs_callers_one_short_wait_then_backs_off(monkeypatc
         pipe.close(10)
 
 
+def test_a_stall_is_a_failure_a_wait_in_vain_is_counted(monkeypatch, caplog):
+    """Waits in vain one or two in a row (a GC pass, a ledger batch) are counted quietly; the third in a row is
+    a stall: logged and exported as a failure."""
+    monkeypatch.setattr(pipeline, "POLL_S", 30.0)
+    monkeypatch.setattr(pipeline, "CATCH_UP_WAIT_S", 0.02)
+    sink, health = _StuckSink(), Health()
+    pipe = Pipeline(PriceTable(), [sink], health, catch_up_after_ms=7)
+    try:
+        ms = 1_000_000
+        # 10, 30 and 60 ms each wait (past the back-off the one before set: 10, then 20 ms) behind the capture
+        # of 12 ms, queued while the worker is stuck on the first two
+        for t in (0, 10, 12, 30, 60):
+            pipe.submit(SimpleNamespace(t_end=t * ms))  # type: ignore[arg-type]
+        assert (pipe.catch_up_timeouts, pipe.catch_up_stalls) == (3, 1)
+        with caplog.at_level("WARNING", logger="telemetry"):
+            sink.release.set()
+            assert pipe.flush(10)
+        assert health.snapshot().get("pipeline_behind") == 3
+        assert [r.getMessage() for r in caplog.records if "pipeline_behind" in r.getMessage()] != []
+        assert len(sink.written) == 5
+    finally:
+        sink.release.set()
+        pipe.close(10)
+
+
 def test_caught_up_callers_never_wait(tmp_path, monkeypatch):
     """The common case, a pipeline that keeps up: no call waits at all."""
     tel = Telemetry(db_url=f"sqlite:///{tmp_path}/l.db", spool_dir=str(tmp_path / "spool"))
